@@ -1,0 +1,118 @@
+"""The run folder: config.json, metrics.csv, TensorBoard events (when installed), summary.json,
+learning_curve.png."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+METRIC_COLUMNS = (
+    "env_step", "wall_s", "sps", "updates", "episodes", "episodic_return", "episodic_length",
+    "loss", "mean_q", "grad_norm", "epsilon", "exploration_noise", "lr", "action_entropy",
+    "eval_return_mean", "eval_return_std",
+)
+
+
+def played_action_entropy(actions: torch.Tensor, discrete: bool, num_actions: int,
+                          low: torch.Tensor | None = None, high: torch.Tensor | None = None,
+                          bins: int = 20) -> float:
+    """Entropy (nats) of the actions actually played: a collapse detector. Discrete: of the
+    empirical action distribution (max log n). Continuous: mean over action dims of the entropy of
+    a `bins`-bin histogram over [low, high] (max log bins)."""
+    if actions.numel() == 0:
+        return math.nan
+    if discrete:
+        counts = torch.bincount(actions.reshape(-1).long(), minlength=num_actions).double()
+        p = counts / counts.sum()
+        return float(-(p * torch.log(p.clamp_min(1e-300))).sum())
+    flat = actions.reshape(-1, actions.shape[-1]).double()
+    scaled = (flat - low.double()) / (high.double() - low.double())
+    idx = (scaled.clamp(0.0, 1.0) * bins).long().clamp_max(bins - 1)
+    entropies = []
+    for d in range(idx.shape[1]):
+        p = torch.bincount(idx[:, d], minlength=bins).double()
+        p = p / p.sum()
+        entropies.append(float(-(p * torch.log(p.clamp_min(1e-300))).sum()))
+    return sum(entropies) / len(entropies)
+
+
+class RunLog:
+    def __init__(self, run_dir: Path, config: dict[str, Any], append: bool = False):
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        path = run_dir / "metrics.csv"
+        new_file = not (append and path.exists())
+        self._file = open(path, "w" if new_file else "a", newline="")
+        self._csv = csv.DictWriter(self._file, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        if new_file:
+            self._csv.writeheader()
+        self._tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(run_dir / "tb"))
+        except ImportError:  # tensorboard is optional
+            pass
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._csv.writerow({k: _fmt(v) for k, v in row.items()})
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in row.items():
+                if key != "env_step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self._tb.add_scalar(key, value, row["env_step"])
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return value
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def plot_learning_curve(run_dir: Path, title: str) -> Path | None:
+    """Training and eval returns against env steps, from metrics.csv."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(run_dir)
+    train = [(int(r["env_step"]), float(r["episodic_return"])) for r in rows if r["episodic_return"]]
+    evals = [(int(r["env_step"]), float(r["eval_return_mean"]), float(r["eval_return_std"] or 0.0))
+             for r in rows if r["eval_return_mean"]]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train episodic return (window mean)")
+    if evals:
+        steps, means, stds = zip(*evals)
+        ax.errorbar(steps, means, yerr=stds, fmt="o-", capsize=3, label="greedy eval return (mean ± std)")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("return")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    path = run_dir / "learning_curve.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
