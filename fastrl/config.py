@@ -115,13 +115,15 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
 
 # Per-(algo, env) presets: the settings that make the default run learn quickly.
 PRESETS: dict[tuple[str, str], dict[str, Any]] = {
+    # Tuned on seeds 1-3 (see README): long train phases with the target synced once per phase,
+    # a 256-256 net (smaller ones reached 500 and then collapsed), and lr annealed to 0.
     ("dqn", "CartPole-v1"): {
-        "total_steps": 60_000, "num_envs": 8, "buffer_size": 50_000, "batch_size": 128,
-        "learning_starts": 2_000, "train_every": 8, "updates_per_train": 16, "lr": 2.5e-3,
+        "total_steps": 50_000, "num_envs": 8, "buffer_size": 50_000, "batch_size": 128,
+        "learning_starts": 1_000, "train_every": 32, "updates_per_train": 64, "lr": 2.3e-3,
         "lr_schedule": "linear", "lr_end_fraction": 0.0, "gamma": 0.99,
-        "target_update": "hard", "target_period": 100, "tau": 0.01,
-        "hidden_sizes": (128, 128), "eps_start": 1.0, "eps_end": 0.02, "eps_fraction": 0.2,
-        "max_grad_norm": 10.0, "log_every": 4_000, "eval_episodes": 10,
+        "target_update": "hard", "target_period": 64, "tau": 0.01,
+        "hidden_sizes": (256, 256), "eps_start": 1.0, "eps_end": 0.04, "eps_fraction": 0.16,
+        "max_grad_norm": 10.0, "log_every": 5_000, "eval_every": 10_000, "eval_episodes": 10,
     },
     ("dqn", "Breakout-v5"): {
         "total_steps": 10_000_000, "num_envs": 8, "buffer_size": 1_000_000, "batch_size": 32,

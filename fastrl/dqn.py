@@ -50,15 +50,11 @@ def make_update(q: nn.Module, q_target: nn.Module, optimizer: torch.optim.Optimi
 
     def update(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
                terminated: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        batch_size = obs.shape[0]
         with torch.no_grad():
             next_q_target = q_target(next_obs)
-        if double:
-            # One forward over [s; s'] instead of two: fewer, larger ops.
-            q_both = q(torch.cat([obs, next_obs]))
-            q_all, next_q_online = q_both[:batch_size], q_both[batch_size:].detach()
-        else:
-            q_all, next_q_online = q(obs), None
+            # Double DQN picks a* with the online net; no gradient flows through that choice.
+            next_q_online = q(next_obs) if double else None
+        q_all = q(obs)
         target = td_target(rewards, terminated, next_q_target, next_q_online, gamma)
         q_taken = q_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
         loss = td_loss(q_taken, target, loss_kind)
@@ -151,7 +147,7 @@ def total_updates(cfg: TrainConfig) -> int:
 def build_dqn(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile: bool) -> DQN:
     q = q_network(spec.obs_shape, spec.is_image, cfg.hidden_sizes, spec.num_actions).to(device)
     q_target = copy.deepcopy(q).requires_grad_(False)
-    optimizer = torch.optim.Adam(q.parameters(), lr=cfg.lr, foreach=True)
+    optimizer = torch.optim.Adam(q.parameters(), lr=cfg.lr, fused=True)
     update_fn = make_update(q, q_target, optimizer, cfg.gamma, cfg.double_dqn, cfg.loss, cfg.max_grad_norm)
     if use_compile:
         update_fn = torch.compile(update_fn)

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import difflib
 import functools
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from fastrl.config import ConfigError
+
+# envpool declares float64 bounds on float32 boxes; gymnasium warns about it on every space.
+warnings.filterwarnings("ignore", message=".*precision lowered by casting.*", category=UserWarning)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,157 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fastrl.buffer import ReplayBuffer
+from fastrl.config import ConfigError
+from fastrl.envs import lookup_spec, TorchVecEnv
+from tests.counter_env import ENV_ID
+
+
+def make_buffer(capacity=40, num_envs=4, obs_dim=2, seed=0):
+    return ReplayBuffer(capacity, num_envs, (obs_dim,), torch.float32, (), torch.int64, "cpu", seed=seed)
+
+
+def add_step(buf, t, num_envs, valid=None):
+    """Row (t, i) gets obs [t, i]; action t; reward 10*t + i."""
+    obs = torch.tensor([[t, i] for i in range(num_envs)], dtype=torch.float32)
+    buf.add(obs, torch.full((num_envs,), t), torch.tensor([10.0 * t + i for i in range(num_envs)]),
+            torch.zeros(num_envs), np.ones(num_envs, bool) if valid is None else valid)
+
+
+def test_next_obs_is_the_following_step_of_the_same_env():
+    buf = make_buffer()
+    for t in range(5):
+        add_step(buf, t, 4)
+    assert len(buf) == 4 * 4  # the newest step has no next obs yet
+    b = buf.sample(1, 256)
+    assert torch.equal(b.next_obs[..., 0], b.obs[..., 0] + 1)
+    assert torch.equal(b.next_obs[..., 1], b.obs[..., 1])
+    assert torch.equal(b.rewards, 10 * b.obs[..., 0] + b.obs[..., 1])
+    assert torch.equal(b.actions.float(), b.obs[..., 0])
+
+
+def test_wraparound_keeps_only_the_newest_steps():
+    buf = make_buffer(capacity=40, num_envs=4)  # 10 time slots
+    for t in range(37):
+        add_step(buf, t, 4)
+    assert len(buf) == 9 * 4  # 10 slots, the newest of which is not yet sampleable
+    b = buf.sample(1, 4096)
+    steps = b.obs[..., 0]
+    assert steps.min() == 27 and steps.max() == 35
+    assert torch.equal(b.next_obs[..., 0], steps + 1)
+    assert set(steps.unique().tolist()) == set(range(27, 36))
+
+
+def test_invalid_rows_are_never_sampled_across_wraparound():
+    buf = make_buffer(capacity=40, num_envs=4)
+    rng = np.random.default_rng(0)
+    invalid = set()
+    for t in range(73):
+        valid = rng.random(4) > 0.3
+        invalid |= {(t, i) for i in range(4) if not valid[i]}
+        add_step(buf, t, 4, valid)
+        if t > 3:
+            b = buf.sample(1, 512)
+            seen = {(int(s), int(e)) for s, e in b.obs[0].tolist()}
+            assert not (seen & invalid)
+            assert torch.equal(b.next_obs[..., 0], b.obs[..., 0] + 1)
+    kept = {(t, i) for t in range(64, 72) for i in range(4)} - invalid
+    assert len(buf) == len(kept) + sum((63, i) not in invalid for i in range(4))
+
+
+def test_sampling_is_uniform_over_sampleable_rows():
+    """Chi-square goodness of fit: fails if some rows are drawn more often than others."""
+    buf = make_buffer(capacity=64, num_envs=4, seed=123)
+    valid_pattern = [np.array([True, False, True, True]), np.ones(4, bool)]
+    for t in range(30):  # wraps around (16 slots)
+        add_step(buf, t, 4, valid_pattern[t % 2])
+    rows = buf.sample_indices(200, 256).reshape(-1)
+    counts = torch.bincount(rows, minlength=buf.rows).double()
+    observed = counts[counts > 0]
+    assert len(observed) == len(buf)
+    expected = rows.numel() / len(buf)
+    chi2 = float(((observed - expected) ** 2 / expected).sum())
+    dof = len(buf) - 1
+    # Wilson–Hilferty: the 0.999 quantile of chi2(dof)
+    z = 3.09
+    limit = dof * (1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof))) ** 3
+    assert chi2 < limit, (chi2, limit)
+
+
+def test_sampling_is_reproducible_for_a_seed():
+    a, b = make_buffer(seed=7), make_buffer(seed=7)
+    for t in range(6):
+        add_step(a, t, 4)
+        add_step(b, t, 4)
+    assert torch.equal(a.sample_indices(3, 17), b.sample_indices(3, 17))
+
+
+def test_k_minibatches_come_from_one_draw():
+    buf = make_buffer()
+    for t in range(5):
+        add_step(buf, t, 4)
+    batch = buf.sample(8, 32)
+    assert batch.obs.shape == (8, 32, 2) and batch.rewards.shape == (8, 32)
+    assert batch[3].obs.shape == (32, 2)
+
+
+def test_image_observations_are_stored_once():
+    buf = ReplayBuffer(1000, 8, (4, 84, 84), torch.uint8, (), torch.int64, "cpu")
+    assert buf.obs.dtype == torch.uint8
+    assert buf.bytes_per_transition <= 1.1 * 84 * 84 * 4 + 64
+
+
+def test_a_buffer_that_cannot_fit_is_refused_naming_the_bytes():
+    with pytest.raises(ConfigError, match=r"--buffer-size: .* need [\d,]+ bytes"):
+        ReplayBuffer(10**12, 1, (4, 84, 84), torch.uint8, (), torch.int64, "cpu")
+
+
+def test_auto_reset_transitions_never_enter_the_buffer():
+    """Through the real env wrapper: every sampleable transition goes from step t to step t+1 of
+    the same episode of the same env; episode boundaries are never crossed."""
+    spec = lookup_spec(ENV_ID)
+    envs = TorchVecEnv(spec, 3, seed=5, device=torch.device("cpu"))
+    buf = ReplayBuffer(3 * 400, 3, spec.obs_shape, spec.obs_dtype, (), torch.int64, "cpu")
+    obs = envs.reset()
+    valid_rows = []
+    for _ in range(300):
+        actions = torch.randint(0, 2, (3,))
+        step = envs.step(actions)
+        valid_rows.append(int((~step.is_reset_step).sum()))
+        buf.add(obs, actions, step.reward, step.terminated, valid=~step.is_reset_step)
+        obs = step.next_obs
+    assert 300 * 3 - sum(valid_rows) > 10  # episodes did end
+    b = buf.gather(buf._sampleable[buf._head: buf._head + len(buf)])
+    assert torch.equal(b.next_obs[:, 0], b.obs[:, 0])  # same episode
+    assert torch.equal(b.next_obs[:, 1], b.obs[:, 1] + 1)  # next step
+    assert torch.equal(b.next_obs[:, 2], b.obs[:, 2])  # same env
+    # reward = action + t(next): rows line up
+    assert torch.equal(b.rewards, b.actions.float() + b.next_obs[:, 1])
+    assert len(buf) == sum(valid_rows[:-1])  # every real transition but the newest step's
+
+
+def test_envpool_cartpole_transitions_never_cross_an_episode():
+    """envpool's auto-reset step: the final obs of an episode is only ever a next_obs, and an obs of
+    a sampleable row is always inside CartPole's bounds (|x| <= 2.4, |theta| <= 12 degrees)."""
+    spec = lookup_spec("CartPole-v1")
+    assert spec.backend == "envpool"
+    envs = TorchVecEnv(spec, 4, seed=0, device=torch.device("cpu"))
+    buf = ReplayBuffer(4 * 1000, 4, spec.obs_shape, spec.obs_dtype, (), torch.int64, "cpu")
+    obs = envs.reset()
+    for _ in range(800):
+        actions = torch.randint(0, 2, (4,))
+        step = envs.step(actions)
+        buf.add(obs, actions, step.reward, step.terminated, valid=~step.is_reset_step)
+        obs = step.next_obs
+    b = buf.gather(buf._sampleable[buf._head: buf._head + len(buf)])
+    theta_limit = 12 * 2 * math.pi / 360
+    inside = lambda o: (o[:, 0].abs() <= 2.4) & (o[:, 2].abs() <= theta_limit)  # noqa: E731
+    assert bool(inside(b.obs).all())
+    ended = b.terminated == 1
+    assert int(ended.sum()) > 20
+    assert not bool(inside(b.next_obs[ended]).any())
+    assert bool(inside(b.next_obs[~ended]).all())
+    assert bool((b.rewards == 1).all())  # the reset step's reward (0) is never stored
