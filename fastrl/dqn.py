@@ -147,10 +147,15 @@ def total_updates(cfg: TrainConfig) -> int:
 def build_dqn(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile: bool) -> DQN:
     q = q_network(spec.obs_shape, spec.is_image, cfg.hidden_sizes, spec.num_actions).to(device)
     q_target = copy.deepcopy(q).requires_grad_(False)
-    optimizer = torch.optim.Adam(q.parameters(), lr=cfg.lr, fused=True)
+    cuda = device.type == "cuda"
+    # Fused Adam: one kernel for all parameters (3x faster than foreach on the CI CPU). On CUDA the lr
+    # lives in a device tensor and the step is capturable, so the compiled update can be replayed
+    # as a CUDA graph ("reduce-overhead") while the schedule changes the lr between replays.
+    lr = torch.tensor(cfg.lr, device=device) if cuda else cfg.lr
+    optimizer = torch.optim.Adam(q.parameters(), lr=lr, fused=True, capturable=cuda)
     update_fn = make_update(q, q_target, optimizer, cfg.gamma, cfg.double_dqn, cfg.loss, cfg.max_grad_norm)
     if use_compile:
-        update_fn = torch.compile(update_fn)
+        update_fn = torch.compile(update_fn, mode="reduce-overhead" if cuda else None)
     targets = make_target_updater([(q, q_target)], cfg.target_update, cfg.tau, cfg.target_period)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed + 1)

@@ -135,6 +135,7 @@ class TorchVecEnv:
             self._low = np.asarray(spec.action_low, dtype=np.float32).reshape(spec.action_shape)
             self._high = np.asarray(spec.action_high, dtype=np.float32).reshape(spec.action_shape)
         self._pin = device.type == "cuda"
+        self._env_ids = np.arange(num_envs, dtype=np.int32)
 
     @staticmethod
     def _make(spec: EnvSpec, num_envs: int, seed: int):
@@ -171,8 +172,33 @@ class TorchVecEnv:
         # Actions never leave the box, whatever the policy or the noise did.
         return np.clip(host.astype(np.float32, copy=False), self._low, self._high)
 
+    def send(self, actions: torch.Tensor) -> None:
+        """Start a step. envpool's threads step the envs while the caller does other work (a train
+        phase, say) until `recv()`."""
+        host = self.actions_to_numpy(actions)
+        if self.spec.backend == "envpool":
+            self._envs.send(host, self._env_ids)
+        else:
+            self._pending_actions = host
+
+    def recv(self) -> VecStep:
+        """Finish the step started by `send()`."""
+        if self.spec.backend == "envpool":
+            obs, reward, terminated, truncated, info = self._envs.recv()
+            order = np.asarray(info["env_id"])
+            if not np.array_equal(order, self._env_ids):  # put rows back in env order
+                inverse = np.argsort(order)
+                obs, reward, terminated, truncated = obs[inverse], reward[inverse], terminated[inverse], truncated[inverse]
+        else:
+            obs, reward, terminated, truncated, _ = self._envs.step(self._pending_actions)
+        return self._record(obs, reward, terminated, truncated)
+
     def step(self, actions: torch.Tensor) -> VecStep:
-        obs, reward, terminated, truncated, _ = self._envs.step(self.actions_to_numpy(actions))
+        self.send(actions)
+        return self.recv()
+
+    def _record(self, obs: np.ndarray, reward: np.ndarray, terminated: np.ndarray,
+                truncated: np.ndarray) -> VecStep:
         is_reset_step = self._ended_last_step.copy()
         terminated = np.asarray(terminated, dtype=bool)
         truncated = np.asarray(truncated, dtype=bool)

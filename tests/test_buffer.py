@@ -68,8 +68,8 @@ def test_sampling_is_uniform_over_sampleable_rows():
     valid_pattern = [np.array([True, False, True, True]), np.ones(4, bool)]
     for t in range(30):  # wraps around (16 slots)
         add_step(buf, t, 4, valid_pattern[t % 2])
-    rows = buf.sample_indices(200, 256).reshape(-1)
-    counts = torch.bincount(rows, minlength=buf.rows).double()
+    rows = buf.sample_rows(200, 256).reshape(-1)
+    counts = torch.bincount(rows).double()
     observed = counts[counts > 0]
     assert len(observed) == len(buf)
     expected = rows.numel() / len(buf)
@@ -86,7 +86,7 @@ def test_sampling_is_reproducible_for_a_seed():
     for t in range(6):
         add_step(a, t, 4)
         add_step(b, t, 4)
-    assert torch.equal(a.sample_indices(3, 17), b.sample_indices(3, 17))
+    assert torch.equal(a.sample_rows(3, 17), b.sample_rows(3, 17))
 
 
 def test_k_minibatches_come_from_one_draw():
@@ -100,7 +100,7 @@ def test_k_minibatches_come_from_one_draw():
 
 def test_image_observations_are_stored_once():
     buf = ReplayBuffer(1000, 8, (4, 84, 84), torch.uint8, (), torch.int64, "cpu")
-    assert buf.obs.dtype == torch.uint8
+    assert buf.frames.dtype == torch.uint8
     assert buf.bytes_per_transition <= 1.1 * 84 * 84 * 4 + 64
 
 
@@ -124,7 +124,7 @@ def test_auto_reset_transitions_never_enter_the_buffer():
         buf.add(obs, actions, step.reward, step.terminated, valid=~step.is_reset_step)
         obs = step.next_obs
     assert 300 * 3 - sum(valid_rows) > 10  # episodes did end
-    b = buf.gather(buf._sampleable[buf._head: buf._head + len(buf)])
+    b = buf.gather(buf.sampleable_rows())
     assert torch.equal(b.next_obs[:, 0], b.obs[:, 0])  # same episode
     assert torch.equal(b.next_obs[:, 1], b.obs[:, 1] + 1)  # next step
     assert torch.equal(b.next_obs[:, 2], b.obs[:, 2])  # same env
@@ -146,7 +146,7 @@ def test_envpool_cartpole_transitions_never_cross_an_episode():
         step = envs.step(actions)
         buf.add(obs, actions, step.reward, step.terminated, valid=~step.is_reset_step)
         obs = step.next_obs
-    b = buf.gather(buf._sampleable[buf._head: buf._head + len(buf)])
+    b = buf.gather(buf.sampleable_rows())
     theta_limit = 12 * 2 * math.pi / 360
     inside = lambda o: (o[:, 0].abs() <= 2.4) & (o[:, 2].abs() <= theta_limit)  # noqa: E731
     assert bool(inside(b.obs).all())
@@ -155,3 +155,54 @@ def test_envpool_cartpole_transitions_never_cross_an_episode():
     assert not bool(inside(b.next_obs[ended]).any())
     assert bool(inside(b.next_obs[~ended]).all())
     assert bool((b.rewards == 1).all())  # the reset step's reward (0) is never stored
+
+
+@pytest.mark.parametrize("obs_dtype", [torch.uint8, torch.float32])
+def test_image_and_vector_layouts_return_the_same_transitions(obs_dtype):
+    """uint8 frames (scalars beside them) and packed float rows, with vector actions, across a wrap."""
+    n, steps = 3, 7
+    buf = ReplayBuffer(n * steps, n, (2, 3, 3), obs_dtype, (2,), torch.float32, "cpu", seed=1)
+    for t in range(19):
+        obs = torch.stack([torch.full((2, 3, 3), 10 * t + i) for i in range(n)]).to(obs_dtype)
+        actions = torch.tensor([[t, -i] for i in range(n)], dtype=torch.float32)
+        buf.add(obs, actions, torch.full((n,), float(t)), torch.full((n,), float(t % 2)), np.ones(n, bool))
+    b = buf.sample(2, 64)
+    assert b.obs.dtype == obs_dtype and b.obs.shape == (2, 64, 2, 3, 3) and b.actions.shape == (2, 64, 2)
+    t = b.rewards
+    env = -b.actions[..., 1]
+    assert torch.equal(b.actions[..., 0], t)
+    assert torch.equal(b.obs[..., 0, 0, 0].float(), 10 * t + env)
+    assert torch.equal(b.next_obs[..., 0, 0, 0].float(), 10 * (t + 1) + env)
+    assert torch.equal(b.terminated, t % 2)
+    assert int(t.min()) == 19 - steps and int(t.max()) == 17
+
+
+def test_a_chunk_of_steps_equals_the_same_steps_added_one_by_one():
+    rng = np.random.default_rng(3)
+    n, total = 4, 41
+    obs = torch.randn(total, n, 3)
+    actions = torch.randint(0, 5, (total, n))
+    rewards, terminated = torch.randn(total, n), (torch.rand(total, n) < 0.2).float()
+    valid = rng.random((total, n)) > 0.25
+    one, chunked = make_buffer(capacity=36, num_envs=n, obs_dim=3), make_buffer(capacity=36, num_envs=n, obs_dim=3)
+    for t in range(total):
+        one.add(obs[t], actions[t], rewards[t], terminated[t], valid[t])
+    for start, stop in ((0, 1), (1, 8), (8, 9), (9, 17), (17, 25), (25, 33), (33, 41)):  # chunks wrap the ring
+        chunked.add(obs[start:stop], actions[start:stop], rewards[start:stop], terminated[start:stop],
+                    valid[start:stop])
+    assert len(one) == len(chunked) > 0
+    with pytest.raises(ValueError, match="more than 9 steps"):
+        chunked.add(obs[:9], actions[:9], rewards[:9], terminated[:9], valid[:9])
+    assert torch.equal(one.sampleable_rows(), chunked.sampleable_rows())
+    a, b = one.gather(one.sampleable_rows()), chunked.gather(chunked.sampleable_rows())
+    for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+def test_unbind_splits_stacked_batches():
+    buf = make_buffer()
+    for t in range(5):
+        add_step(buf, t, 4)
+    stacked = buf.sample(3, 8)
+    parts = stacked.unbind()
+    assert len(parts) == 3 and torch.equal(parts[2].next_obs, stacked[2].next_obs)

@@ -1,0 +1,150 @@
+"""Same workload through fastrl and Stable-Baselines3, in one run, on this machine; prints the ratio.
+
+    pip install -e '.[peers]'
+    python scripts/compare_peers.py dqn            # DQN CartPole-v1, CleanRL's settings, 100k steps
+    python scripts/compare_peers.py td3            # TD3 Pendulum-v1, batch 256, 256-256, UTD 1
+    python scripts/compare_peers.py dqn --sb3-envs 1 8 --out cmp.json
+
+Wall time covers env creation, model creation and training on both sides; imports are excluded.
+The update-to-data ratio (gradient updates per env transition) and the batch size are equal on
+both sides and printed, so the speed ratio compares equal work; final greedy returns are printed
+beside it, so it compares equal learning too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastrl.config import resolve
+from fastrl.train import check_setup, train
+
+
+@dataclass
+class Workload:
+    env_id: str
+    total_steps: int
+    fastrl: dict  # fastrl settings
+    sb3_algo: str
+    sb3_kwargs: dict
+    sb3_updates_per_transition: float  # gradient_steps / (train_freq * n_envs), filled per n_envs
+
+
+def dqn_workload(steps: int) -> Workload:
+    # CleanRL dqn.py: batch 128, 120-84, lr 2.5e-4, buffer 10k, 10k learning starts, one update per
+    # 10 transitions, target copied every 500 transitions (= 50 updates), eps 1 -> 0.05 over half.
+    # SB3's DQN clips gradients at 10 with a Huber loss and no Double DQN: fastrl is set the same.
+    fastrl = dict(algo="dqn", env="CartPole-v1", total_steps=steps, num_envs=8, buffer_size=10_000,
+                  batch_size=128, learning_starts=10_000, train_every=5, updates_per_train=4, lr=2.5e-4,
+                  lr_schedule="constant", gamma=0.99, target_update="hard", target_period=50,
+                  hidden_sizes=(120, 84), loss="huber", double_dqn=False, max_grad_norm=10.0,
+                  eps_start=1.0, eps_end=0.05, eps_fraction=0.5, eval_episodes=10, log_every=20_000)
+    sb3 = dict(learning_rate=2.5e-4, buffer_size=10_000, learning_starts=10_000, batch_size=128, tau=1.0,
+               gamma=0.99, target_update_interval=500, exploration_fraction=0.5, exploration_initial_eps=1.0,
+               exploration_final_eps=0.05, max_grad_norm=10.0, policy_kwargs=dict(net_arch=[120, 84]))
+    return Workload("CartPole-v1", steps, fastrl, "DQN", sb3, 0.1)
+
+
+def td3_workload(steps: int) -> Workload:
+    fastrl = dict(algo="td3", env="Pendulum-v1", total_steps=steps, num_envs=1, buffer_size=steps,
+                  batch_size=256, learning_starts=min(5_000, steps // 2), train_every=1, updates_per_train=1,
+                  lr=3e-4, gamma=0.99, tau=0.005, target_update="soft", policy_delay=2, hidden_sizes=(256, 256),
+                  exploration_noise=0.1, eval_episodes=10, log_every=5_000)
+    sb3 = dict(learning_rate=3e-4, buffer_size=steps, learning_starts=min(5_000, steps // 2), batch_size=256,
+               tau=0.005, gamma=0.99, policy_delay=2, policy_kwargs=dict(net_arch=[256, 256]))
+    return Workload("Pendulum-v1", steps, fastrl, "TD3", sb3, 1.0)
+
+
+def run_fastrl(work: Workload, seed: int, run_dir: Path) -> dict:
+    cfg = resolve({**work.fastrl, "seed": seed, "run_dir": str(run_dir / f"fastrl-{seed}"), "progress": False})
+    t0 = time.perf_counter()
+    spec, device = check_setup(cfg)
+    summary = train(cfg, spec, device, t0)
+    return {"wall_s": time.perf_counter() - t0, "final_eval_return_mean": summary["final_eval_return_mean"],
+            "updates": summary["updates"], "env_steps": summary["env_steps"],
+            "updates_per_transition": summary["updates_per_transition"], "batch_size": cfg.batch_size}
+
+
+def run_sb3(work: Workload, seed: int, n_envs: int) -> dict:
+    import stable_baselines3 as sb3
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    kwargs = dict(work.sb3_kwargs)
+    if work.sb3_algo == "DQN":
+        # One update per 10 transitions with n_envs envs: train every 10 vector steps, n_envs updates.
+        kwargs.update(train_freq=10, gradient_steps=n_envs)
+        upt = n_envs / (10 * n_envs)
+    else:
+        kwargs.update(train_freq=1, gradient_steps=n_envs)
+        upt = n_envs / n_envs
+        if kwargs.get("action_noise") is None:
+            from stable_baselines3.common.noise import NormalActionNoise
+
+            kwargs["action_noise"] = NormalActionNoise(np.zeros(1), 0.1 * 2.0 * np.ones(1))
+    t0 = time.perf_counter()
+    env = make_vec_env(work.env_id, n_envs=n_envs, seed=seed)
+    model = getattr(sb3, work.sb3_algo)("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **kwargs)
+    model.learn(total_timesteps=work.total_steps)
+    wall = time.perf_counter() - t0
+    eval_env = make_vec_env(work.env_id, n_envs=1, seed=seed + 100_003)
+    mean, _std = evaluate_policy(model, eval_env, n_eval_episodes=10, deterministic=True)
+    return {"wall_s": wall, "final_eval_return_mean": float(mean), "updates": int(model._n_updates),
+            "env_steps": int(model.num_timesteps), "updates_per_transition": upt,
+            "batch_size": kwargs["batch_size"], "n_envs": n_envs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("workload", choices=("dqn", "td3"))
+    parser.add_argument("--steps", type=int, default=None, help="env steps (default: dqn 100k, td3 15k)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1])
+    parser.add_argument("--sb3-envs", type=int, nargs="+", default=[1], help="SB3 vector sizes to run")
+    parser.add_argument("--run-dir", default="runs/compare", help="fastrl run folders go here")
+    parser.add_argument("--out", default=None, help="write all results as JSON here")
+    args = parser.parse_args(argv)
+    try:
+        import stable_baselines3  # noqa: F401
+    except ImportError:
+        print("compare_peers: stable-baselines3 is not installed; pip install -e '.[peers]'", file=sys.stderr)
+        return 2
+    if args.workload == "td3":
+        from fastrl.train import AGENT_BUILDERS
+
+        if "td3" not in AGENT_BUILDERS:
+            print("compare_peers: this fastrl has no td3 agent", file=sys.stderr)
+            return 2
+    work = (dqn_workload if args.workload == "dqn" else td3_workload)(
+        args.steps or (100_000 if args.workload == "dqn" else 15_000))
+    results: dict[str, list[dict]] = {"fastrl": []}
+    for seed in args.seeds:
+        results["fastrl"].append(run_fastrl(work, seed, Path(args.run_dir)))
+        for n_envs in args.sb3_envs:
+            results.setdefault(f"sb3_{n_envs}env", []).append(run_sb3(work, seed, n_envs))
+    print(f"\n{args.workload} {work.env_id}, {work.total_steps} env steps, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"{'run':<10} {'seed':>4} {'wall s':>8} {'SPS':>8} {'updates':>8} {'upd/trans':>9} {'batch':>6} {'eval return':>11}")
+    for name, rows in results.items():
+        for seed, r in zip(args.seeds, rows):
+            print(f"{name:<10} {seed:>4} {r['wall_s']:>8.2f} {r['env_steps'] / r['wall_s']:>8.0f} {r['updates']:>8} "
+                  f"{r['updates_per_transition']:>9.3g} {r['batch_size']:>6} {r['final_eval_return_mean']:>11.1f}")
+    ours = float(np.mean([r["wall_s"] for r in results["fastrl"]]))
+    for name, rows in results.items():
+        if name != "fastrl":
+            theirs = float(np.mean([r["wall_s"] for r in rows]))
+            print(f"speed ratio {name} / fastrl wall time: {theirs / ours:.2f}x")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    return 0 if all(math.isfinite(r["wall_s"]) for rows in results.values() for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
