@@ -144,6 +144,25 @@ for _algo in CONTINUOUS_ALGOS:
                                   "log_every": 10_000, "eval_every": 50_000}
 
 
+# Settings only some algorithms read. Giving one to another algorithm is a mistake (it would be
+# silently ignored), so `resolve` rejects it.
+ALGO_ONLY_SETTINGS: dict[str, tuple[str, ...]] = {
+    **{name: DISCRETE_ALGOS for name in ("loss", "double_dqn", "eps_start", "eps_end", "eps_fraction")},
+    **{name: CONTINUOUS_ALGOS for name in ("exploration_noise", "policy_delay", "actor_lr")},
+    # Target policy smoothing is TD3's; DDPG has none.
+    **{name: ("td3",) for name in ("policy_noise", "noise_clip")},
+}
+
+
+def check_algo_settings(algo: str, given: dict[str, Any]) -> None:
+    """Reject an explicitly given setting that `algo` does not use."""
+    for name in given:
+        users = ALGO_ONLY_SETTINGS.get(name)
+        if users is not None and algo not in users:
+            raise ConfigError(f"--{name.replace('_', '-')}: a {'/'.join(users)} setting, which --algo {algo} "
+                              f"does not use; drop it")
+
+
 def preset_for(algo: str, env_id: str) -> dict[str, Any]:
     return dict(PRESETS.get((algo, env_id), {}))
 
@@ -157,6 +176,7 @@ def resolve(overrides: dict[str, Any]) -> TrainConfig:
     env_id = overrides.get("env", TrainConfig.env)
     if algo not in ALGOS:
         raise ConfigError(f"--algo: unknown algorithm {algo!r}; allowed: {', '.join(ALGOS)}")
+    check_algo_settings(algo, overrides)
     values: dict[str, Any] = {}
     values.update(ALGO_DEFAULTS.get(algo, {}))
     values.update(preset_for(algo, env_id))
@@ -189,7 +209,33 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     unknown = sorted(set(settings) - FIELD_NAMES)
     if unknown:
         raise ConfigError(f"--config: unknown key(s) {', '.join(unknown)} in {str(path)!r}")
+    for name, value in settings.items():
+        _check_file_type(name, value, path)
     return settings
+
+
+def _check_file_type(name: str, value: Any, path: Path) -> None:
+    """Flags are typed by argparse; file values are whatever TOML/JSON made of them."""
+    hint = _FIELD_TYPES[name]
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if value is None and "None" in hint:
+        return
+    if hint.startswith("tuple"):
+        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        kind = "a list of integers"
+    elif hint.startswith("float"):
+        ok, kind = is_int or isinstance(value, float), "a number"
+    elif hint.startswith("int"):
+        ok, kind = is_int, "an integer"
+    elif hint.startswith("bool"):
+        ok, kind = isinstance(value, bool), "true or false"
+    else:
+        ok, kind = isinstance(value, str), "a string"
+    if not ok:
+        raise ConfigError(f"--{name.replace('_', '-')}: must be {kind}, got {value!r} (in {str(path)!r})")
+
+
+_FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}  # annotations are strings here
 
 
 def _positive(cfg: TrainConfig, name: str) -> None:
@@ -244,6 +290,13 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("eps_start", "eps_end", "eps_fraction"):
         if not (0.0 <= getattr(cfg, name) <= 1.0):
             raise ConfigError(f"--{name.replace('_', '-')}: must be in [0, 1], got {getattr(cfg, name)}")
+    for f in dataclasses.fields(TrainConfig):  # NaN passes comparisons such as `x < 0`
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{f.name.replace('_', '-')}: must be a finite number, got {value}")
+    if cfg.checkpoint_every and cfg.checkpoint_every < cfg.num_envs:
+        raise ConfigError(f"--checkpoint-every: must be 0 (end only) or at least --num-envs {cfg.num_envs} "
+                          f"(one vector step), got {cfg.checkpoint_every}")
     if cfg.max_grad_norm < 0:
         raise ConfigError(f"--max-grad-norm: must be >= 0 (0 disables clipping), got {cfg.max_grad_norm}")
     for name in ("exploration_noise", "policy_noise", "noise_clip"):

@@ -58,7 +58,7 @@ def make_update(q: nn.Module, q_target: nn.Module, optimizer: torch.optim.Optimi
         target = td_target(rewards, terminated, next_q_target, next_q_online, gamma)
         q_taken = q_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
         loss = td_loss(q_taken, target, loss_kind)
-        optimizer.zero_grad(set_to_none=False)
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if max_grad_norm > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True)

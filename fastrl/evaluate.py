@@ -1,9 +1,12 @@
-"""Greedy evaluation on separate eval envs."""
+"""Greedy evaluation on separate eval envs, and `python -m fastrl.evaluate RUN_DIR`."""
 
 from __future__ import annotations
 
+import argparse
 import math
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,3 +36,106 @@ def evaluate_policy(policy: Callable[[torch.Tensor], torch.Tensor], envs: TorchV
 def mean_std(values: list[float]) -> tuple[float, float]:
     arr = np.asarray(values, dtype=np.float64)
     return float(arr.mean()), float(arr.std())
+
+
+# --- `python -m fastrl.evaluate RUN_DIR`: greedy episodes from a run's checkpoint ---
+
+def record_gif(policy: Callable[[torch.Tensor], torch.Tensor], env_id: str, obs_shape: tuple[int, ...],
+               obs_dtype: torch.dtype, device: torch.device, path: Path, seed: int,
+               max_frames: int = 500) -> str | None:
+    """One greedy episode of the gymnasium env `env_id`, rendered to an animated GIF (Pillow, which
+    envpool already installs). Returns why not, when the env cannot be rendered."""
+    import gymnasium as gym
+
+    if env_id not in gym.registry:
+        return f"gymnasium has no {env_id} to render (envpool envs cannot render)"
+    try:
+        env = gym.make(env_id, render_mode="rgb_array")
+    except Exception as exc:  # missing optional dependencies surface here as many exception types
+        return f"{env_id} cannot be built for rendering: {exc}"
+    try:
+        if tuple(env.observation_space.shape) != tuple(obs_shape):
+            # e.g. Atari: envpool's observations are preprocessed (grey, 84x84, stacked); gymnasium's are not
+            return f"gymnasium's {env_id} observes {env.observation_space.shape}, the policy was trained on {obs_shape}"
+        frames = []
+        obs, _ = env.reset(seed=seed)
+        for _ in range(max_frames):
+            frames.append(np.asarray(env.render()))
+            action = policy(torch.as_tensor(np.asarray(obs), dtype=obs_dtype, device=device).unsqueeze(0))[0]
+            action = action.cpu().numpy()
+            if isinstance(env.action_space, gym.spaces.Discrete):
+                action = int(action)
+            else:
+                action = np.clip(action, env.action_space.low, env.action_space.high)
+            obs, _, terminated, truncated, _ = env.step(action)
+            if terminated or truncated:
+                frames.append(np.asarray(env.render()))
+                break
+        fps = env.metadata.get("render_fps") or 30
+    except Exception as exc:  # gymnasium.error.DependencyNotInstalled (pygame), OpenGL errors (MuJoCo), ...
+        return f"{env_id} cannot render: {exc}"
+    finally:
+        env.close()
+    from PIL import Image
+
+    images = [Image.fromarray(f.astype(np.uint8)) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Deferred: fastrl.train imports this module for `evaluate_policy`.
+    from fastrl.checkpoint import load_run_checkpoint
+    from fastrl.config import ConfigError, TrainConfig
+    from fastrl.envs import lookup_spec
+    from fastrl.train import AGENT_BUILDERS, resolve_device
+
+    parser = argparse.ArgumentParser(prog="python -m fastrl.evaluate",
+                                     description="Greedy episodes from a run's checkpoint: mean ± std, and a GIF.")
+    parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message}\n")  # one line, no usage
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("--episodes", type=int, default=10, help="greedy episodes (default 10)")
+    parser.add_argument("--seed", type=int, default=None, help="env seed (default: the run's seed + 200003)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    parser.add_argument("--video", action=argparse.BooleanOptionalAction, default=True,
+                        help="write RUN_DIR/eval.gif of one episode where the env can render (default on)")
+    args = parser.parse_args(argv)
+    try:
+        if args.episodes <= 0:
+            raise ConfigError(f"--episodes: must be a positive integer, got {args.episodes}")
+        if args.seed is not None and args.seed < 0:
+            raise ConfigError(f"--seed: must be an integer >= 0, got {args.seed}")
+        state = load_run_checkpoint(args.run_dir, flag="RUN_DIR")
+        settings = state["config"]
+        cfg = TrainConfig(**{**settings, "hidden_sizes": tuple(settings["hidden_sizes"])})
+        spec = lookup_spec(cfg.env)
+        device = resolve_device(args.device)
+        if cfg.algo not in AGENT_BUILDERS:
+            raise ConfigError(f"RUN_DIR: algorithm {cfg.algo!r} of this run is not available in this fastrl")
+    except ConfigError as exc:
+        print(f"python -m fastrl.evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    agent = AGENT_BUILDERS[cfg.algo](spec, cfg, device, False)
+    agent_state = dict(state["agent"])
+    if "generator" in agent_state:  # exploration RNG: unused by greedy play, and its state is device-specific
+        agent_state["generator"] = agent.generator.get_state()
+    agent.load_state_dict(agent_state)
+    seed = args.seed if args.seed is not None else cfg.seed + 200_003
+    envs = TorchVecEnv(spec, min(args.episodes, 16), seed, device)
+    try:
+        returns = evaluate_policy(agent.greedy, envs, args.episodes)
+    finally:
+        envs.close()
+    mean, std = mean_std(returns)
+    step = state["counters"]["env_step"]
+    print(f"{cfg.algo} on {cfg.env}, checkpoint at env step {step}: greedy return {mean:.2f} ± {std:.2f} "
+          f"over {len(returns)} episodes")
+    if args.video:
+        gif = Path(args.run_dir) / "eval.gif"
+        why_not = record_gif(agent.greedy, cfg.env, spec.obs_shape, spec.obs_dtype, device, gif, seed)
+        print(f"video: {gif}" if why_not is None else f"no video: {why_not}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,11 +1,17 @@
 """`python -m fastrl.train`: the front door. The loop in `train()` reads top to bottom:
-collect a vector step, store it, every `train_every` steps run k updates, log, evaluate."""
+collect a vector step, store it, every `train_every` steps run k updates, log, evaluate,
+checkpoint, and stop early if a signal asked for it.
+
+Exit codes: 0 done, 2 a bad setting (nothing was started), 3 NaN/Inf in training (the last good
+checkpoint is kept), 130 / 143 stopped by SIGINT / SIGTERM (checkpoint written; `--resume` it).
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import math
+import shlex
 import sys
 import time
 import typing
@@ -17,18 +23,28 @@ import numpy as np
 import torch
 
 from fastrl.buffer import ReplayBuffer, bytes_per_row, check_fits
-from fastrl.checkpoint import save_checkpoint
+from fastrl.checkpoint import (
+    CHECKPOINT_NAME, RunCounters, env_seed, load_run_checkpoint, save_checkpoint, set_rng_state, training_payload,
+)
 from fastrl.config import (
     ALGOS, DEVICES, LOSSES, LR_SCHEDULES, TARGET_UPDATES, ConfigError, TrainConfig, describe_presets,
     load_config_file, resolve, validate, validate_for_env,
 )
 from fastrl.dqn import build_dqn
+from fastrl.td3 import build_ddpg, build_td3
 from fastrl.envs import EnvSpec, TorchVecEnv, lookup_spec
 from fastrl.evaluate import evaluate_policy, mean_std
+from fastrl.finite import NonFiniteError, check_metrics, check_weights
+from fastrl.interrupts import StopRequest, stop_on_signals
 from fastrl.progress import Progress
 from fastrl.runlog import RunLog, played_action_entropy, plot_learning_curve, write_summary
 
-AGENT_BUILDERS = {"dqn": build_dqn}
+EXIT_BAD_SETTING = 2
+EXIT_NON_FINITE = 3
+# Settings a resumed run may change: neither alters what the run computes up to its old end.
+RESUME_OVERRIDES = ("total_steps", "progress")
+
+AGENT_BUILDERS = {"dqn": build_dqn, "ddpg": build_ddpg, "td3": build_td3}
 
 HELP = {
     "algo": "algorithm", "env": "environment id (envpool, else gymnasium)", "seed": "random seed",
@@ -55,7 +71,9 @@ HELP = {
     "device": "auto picks cuda when available", "compile": "torch.compile the update (default: on for CUDA)",
     "run_dir": "run folder (default runs/<env>-<algo>-<seed>-<time>)",
     "eval_episodes": "greedy episodes per evaluation", "eval_every": "env steps between evaluations (0 = end only)",
-    "log_every": "env steps between metric rows", "checkpoint_every": "env steps between checkpoints (0 = end only)",
+    "log_every": "env steps between metric rows",
+    "checkpoint_every": "env steps between checkpoints (0 = end only); each one cuts the running episodes "
+                        "(as time-limit truncations) so that a resumed run continues exactly",
     "checkpoint_buffer": "include the replay buffer in checkpoints", "progress": "progress bar on stderr",
 }
 CHOICES = {"algo": ALGOS, "lr_schedule": LR_SCHEDULES, "target_update": TARGET_UPDATES, "loss": LOSSES,
@@ -73,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=describe_presets(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="TOML or JSON file of settings; flags override it")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue the run in RUN_DIR from its checkpoint, with its settings; only "
+                             "--total-steps (to extend it) and --progress/--no-progress may be given too")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -93,11 +114,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if v is not None and k not in ("config", "resume")}
+
+
 def config_from_args(argv: list[str] | None) -> TrainConfig:
-    args = build_parser().parse_args(argv)
+    return config_from_namespace(build_parser().parse_args(argv))
+
+
+def config_from_namespace(args: argparse.Namespace) -> TrainConfig:
     settings: dict[str, Any] = load_config_file(args.config) if args.config else {}
-    settings.update({k: v for k, v in vars(args).items() if v is not None and k != "config"})
-    return resolve(settings)
+    settings.update(_given(args))
+    cfg = resolve(settings)
+    if cfg.run_dir and (Path(cfg.run_dir) / CHECKPOINT_NAME).exists():
+        raise ConfigError(f"--run-dir: {cfg.run_dir!r} already holds a run; continue it with "
+                          f"--resume {shlex.quote(cfg.run_dir)} or choose another folder")
+    return cfg
+
+
+def resume_config(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
+    """The config and checkpoint of the run in `args.resume`. A resumed run keeps its settings:
+    only RESUME_OVERRIDES may be given; anything else would silently make it a different run."""
+    state = load_run_checkpoint(args.resume)
+    if args.config:
+        raise ConfigError("--config: cannot be combined with --resume; a resumed run keeps the settings "
+                          "saved in its checkpoint (see RUN_DIR/config.json)")
+    given = _given(args)
+    changed = sorted(set(given) - set(RESUME_OVERRIDES))
+    if changed:
+        flags = ", ".join("--" + name.replace("_", "-") for name in changed)
+        raise ConfigError(f"{flags.split(', ')[0]}: cannot be changed when resuming (got {flags}); with --resume "
+                          f"only --total-steps (to extend the run) and --progress/--no-progress are allowed")
+    settings = {**state["config"], **given, "run_dir": str(args.resume)}
+    try:
+        cfg = TrainConfig(**{**settings, "hidden_sizes": tuple(settings["hidden_sizes"])})
+    except (TypeError, KeyError) as exc:
+        raise ConfigError(f"--resume: the checkpoint's settings do not fit this fastrl version ({exc})") from None
+    reached = int(state["counters"]["env_step"])
+    if cfg.total_steps < reached:
+        raise ConfigError(f"--total-steps: the run is already at env step {reached}; give at least that "
+                          f"(more extends the run)")
+    return cfg, state
 
 
 def resolve_device(name: str) -> torch.device:
@@ -124,23 +181,79 @@ def default_run_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{cfg.env.replace('/', '_')}-{cfg.algo}-{cfg.seed}-{stamp}"
 
 
-def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float) -> dict[str, Any]:
+# --- checkpoint mechanics, kept out of the loop ---
+
+def checkpoint_due(env_step: int, num_envs: int, every: int) -> bool:
+    """Whether the vector step that ended at `env_step` crossed a multiple of `every`."""
+    return every > 0 and env_step // every != (env_step - num_envs) // every
+
+
+def end_segment(buffer: ReplayBuffer, obs: torch.Tensor, spec: EnvSpec) -> None:
+    """Cut every running episode here: store the observation each env stands on as a row marked
+    not-a-transition, exactly like an auto-reset row, so the last real row's next observation is
+    this one and not the first observation of whatever the envs do next. The cut is a truncation:
+    the last transition keeps terminated = 0 and bootstraps."""
+    n = obs.shape[0]
+    zeros = torch.zeros(n, device=obs.device)
+    actions = torch.zeros((n, *spec.action_shape), dtype=spec.action_dtype, device=obs.device)
+    buffer.add(obs, actions, zeros, zeros, valid=np.zeros(n, dtype=bool))
+
+
+def write_checkpoint(run_dir: Path, cfg: TrainConfig, agent: Any, buffer: ReplayBuffer,
+                     counters: RunCounters) -> None:
+    agent_state = agent.state_dict()
+    check_weights(agent_state, counters.env_step, agent.updates_done)  # never replace a good checkpoint with NaNs
+    buffer_state = buffer.state_dict() if cfg.checkpoint_buffer else None
+    save_checkpoint(run_dir / CHECKPOINT_NAME, training_payload(cfg.to_json(), counters, agent_state, buffer_state))
+
+
+def restore(state: dict[str, Any], agent: Any, buffer: ReplayBuffer) -> None:
+    """Last step before the loop: building envs, nets and buffer may draw from the global RNGs."""
+    agent.load_state_dict(state["agent"])
+    if "buffer" in state:
+        buffer.load_state_dict(state["buffer"])
+    set_rng_state(state["rng"])
+
+
+def resume_note(resume: dict[str, Any] | None, cfg: TrainConfig) -> str:
+    if resume is None:
+        return ""
+    step = resume["counters"]["env_step"]
+    if "buffer" in resume:
+        return f"resuming at env step {step} with the replay buffer; "
+    return (f"resuming at env step {step} without a replay buffer (refilling it for {cfg.learning_starts} "
+            f"steps before learning); ")
+
+
+def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
+          stop: StopRequest | None = None, resume: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run (or, given a checkpoint as `resume`, continue) training to `cfg.total_steps`.
+
+    Every `checkpoint_every` env steps the running episodes are cut and the envs rebuilt from
+    `env_seed(seed, env_step)`; an uninterrupted run does this too, so a run resumed from that
+    checkpoint (with the buffer) continues exactly as the uninterrupted one does."""
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
     cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
+    stop = stop if stop is not None else StopRequest()  # no handler: never requested
     use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
+    start = RunCounters(**resume["counters"]) if resume is not None else RunCounters()
 
-    envs = TorchVecEnv(spec, cfg.num_envs, cfg.seed, device)
+    envs = TorchVecEnv(spec, cfg.num_envs, env_seed(cfg.seed, start.env_step), device)
     eval_envs = TorchVecEnv(spec, min(cfg.eval_episodes, 16), cfg.seed + 100_003, device)
     agent = AGENT_BUILDERS[cfg.algo](spec, cfg, device, use_compile)
     buffer = ReplayBuffer(cfg.buffer_size, cfg.num_envs, spec.obs_shape, spec.obs_dtype, spec.action_shape,
                           spec.action_dtype, device, seed=cfg.seed)
-    log = RunLog(run_dir, {**cfg.to_json(), "compile_resolved": use_compile, "device_resolved": str(device)})
-    progress = Progress(cfg.total_steps, enabled=cfg.progress)
-    print(f"fastrl: {cfg.algo} on {cfg.env} ({spec.backend}), seed {cfg.seed}, device {device}, "
-          f"compile {use_compile}, {cfg.num_envs} envs, {cfg.total_steps} steps, batch {cfg.batch_size}, "
-          f"{cfg.updates_per_train} updates every {cfg.train_every} vector steps "
+    obs = envs.reset()
+    log = RunLog(run_dir, {**cfg.to_json(), "compile_resolved": use_compile, "device_resolved": str(device)},
+                 append=resume is not None)
+    progress = Progress(cfg.total_steps - start.env_step, enabled=cfg.progress)
+    if resume is not None:
+        restore(resume, agent, buffer)
+    print(f"fastrl: {resume_note(resume, cfg)}{cfg.algo} on {cfg.env} ({spec.backend}), seed {cfg.seed}, "
+          f"device {device}, compile {use_compile}, {cfg.num_envs} envs, {cfg.total_steps} steps, "
+          f"batch {cfg.batch_size}, {cfg.updates_per_train} updates every {cfg.train_every} vector steps "
           f"(updates/transition {cfg.updates_per_transition:.4g}, replay ratio {cfg.replay_ratio:.4g}); "
           f"run folder {run_dir}", file=sys.stderr)
 
@@ -148,47 +261,62 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float)
     action_high = torch.tensor(spec.action_high, device=device) if not spec.discrete else None
     metric_sum = torch.zeros(3, device=device)  # loss, mean_q, grad_norm summed over the log window
     window_updates, window_actions, window_episodes = 0, [], []
-    eval_returns: list[float] = []
-    best_eval = -math.inf
-    last_log_step, last_eval_step = 0, 0
+    eval_returns: list[float] = list(start.eval_returns)
+    best_eval = start.best_eval
+    env_step = start.env_step
+    last_log_step, last_eval_step = env_step, start.last_eval_step
+    # Without a saved buffer, a resumed run refills it with its current policy before learning again.
+    learn_from = cfg.learning_starts if resume is None or "buffer" in resume else env_step + cfg.learning_starts
+    saved_at = env_step if resume is not None else None  # env step of the checkpoint on disk
+    vector_step = start.vector_step - 1
+    failure: NonFiniteError | None = None
+    forced_stop = False
     t_loop = time.perf_counter()
-    env_step = 0
-    interrupted = False
 
-    obs = envs.reset()
+    def counters() -> RunCounters:
+        return RunCounters(env_step, vector_step + 1, last_eval_step, best_eval, list(eval_returns),
+                           start.wall_s + time.perf_counter() - t_start)
+
     try:
-        for vector_step in range(cfg.num_vector_steps):
+        for vector_step in range(start.vector_step, cfg.num_vector_steps):
             if env_step < cfg.learning_starts:
                 actions = agent.random_actions(cfg.num_envs)
             else:
                 actions = agent.act(obs, env_step)
-            step = envs.step(actions)
+            envs.send(actions)  # envpool's threads step the envs while the learner trains below
+
+            if (env_step + cfg.num_envs >= learn_from and (vector_step + 1) % cfg.train_every == 0
+                    and len(buffer) > 0):
+                # One index draw for all k mini-batches of the phase.
+                for batch in buffer.sample(cfg.updates_per_train, cfg.batch_size).unbind():
+                    metrics = agent.update(batch)
+                    metric_sum += torch.stack((metrics["loss"], metrics["mean_q"], metrics["grad_norm"]))
+                window_updates += cfg.updates_per_train
+
+            step = envs.recv()
             buffer.add(obs, actions, step.reward, step.terminated, valid=~step.is_reset_step)
             obs = step.next_obs
             env_step += cfg.num_envs
             window_actions.append(actions)
 
-            if env_step >= cfg.learning_starts and (vector_step + 1) % cfg.train_every == 0 and len(buffer) > 0:
-                batches = buffer.sample(cfg.updates_per_train, cfg.batch_size)
-                for k in range(cfg.updates_per_train):
-                    metrics = agent.update(batches[k])
-                    metric_sum += torch.stack((metrics["loss"], metrics["mean_q"], metrics["grad_norm"]))
-                window_updates += cfg.updates_per_train
-
             window_episodes += envs.pop_finished_episodes()
             done = vector_step == cfg.num_vector_steps - 1
+            save_now = not done and checkpoint_due(env_step, cfg.num_envs, cfg.checkpoint_every)
             evaluation = None
             if done or (cfg.eval_every and env_step - last_eval_step >= cfg.eval_every):
                 eval_returns = evaluate_policy(agent.greedy, eval_envs, cfg.eval_episodes)
                 evaluation = mean_std(eval_returns)
                 best_eval = max(best_eval, evaluation[0])
                 last_eval_step = env_step
-            if done or evaluation is not None or env_step - last_log_step >= cfg.log_every:
+            # A checkpoint or a stop closes the log window, so a resumed run starts a fresh one.
+            if done or evaluation is not None or save_now or stop.requested or \
+                    env_step - last_log_step >= cfg.log_every:
                 elapsed = time.perf_counter() - t_loop
                 sums = (metric_sum / max(window_updates, 1)).tolist()  # the one host sync per window
                 returns = [r for _, r, _ in window_episodes]
                 row = {
-                    "env_step": env_step, "wall_s": time.perf_counter() - t_start, "sps": env_step / elapsed,
+                    "env_step": env_step, "wall_s": start.wall_s + time.perf_counter() - t_start,
+                    "sps": (env_step - start.env_step) / elapsed,
                     "updates": agent.updates_done, "episodes": len(window_episodes),
                     "episodic_return": float(np.mean(returns)) if returns else math.nan,
                     "episodic_length": float(np.mean([n for _, _, n in window_episodes])) if returns else math.nan,
@@ -203,60 +331,117 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float)
                     **agent.exploration(env_step),
                 }
                 log.write(row)
-                progress.update(env_step, row)
+                if window_updates:  # a NaN in any update of the window makes its mean NaN
+                    check_metrics({"loss": sums[0], "grad_norm": sums[2], "mean_q": sums[1]},
+                                  env_step, agent.updates_done)
+                progress.update(env_step - start.env_step, row)
                 metric_sum.zero_()
                 window_updates, window_actions, window_episodes = 0, [], []
                 last_log_step = env_step
             elif vector_step % 64 == 0:
-                progress.update(env_step, None)
-    except KeyboardInterrupt:
-        interrupted = True
+                progress.update(env_step - start.env_step, None)
+
+            if save_now:
+                # Envpool cannot save env state, so cut the episodes and rebuild the envs from
+                # (seed, env_step): a run resumed from this checkpoint rebuilds the same ones.
+                end_segment(buffer, obs, spec)
+                envs.close()
+                envs = TorchVecEnv(spec, cfg.num_envs, env_seed(cfg.seed, env_step), device)
+                obs = envs.reset()
+                write_checkpoint(run_dir, cfg, agent, buffer, counters())
+                saved_at = env_step
+            if stop.requested:
+                break
+        if saved_at != env_step:  # the end, or a stop between checkpoints
+            end_segment(buffer, obs, spec)
+            write_checkpoint(run_dir, cfg, agent, buffer, counters())
+            saved_at = env_step
+    except NonFiniteError as exc:
+        failure = exc
+    except KeyboardInterrupt:  # a second signal: stop now, keep the checkpoint on disk
+        forced_stop = True
     finally:
         progress.close()
-        wall_s = time.perf_counter() - t_start
-        loop_s = time.perf_counter() - t_loop
-        save_checkpoint(run_dir / "checkpoint.pt", {
-            "config": cfg.to_json(), "env_step": env_step, "agent": agent.state_dict(),
-            **({"buffer": buffer.state_dict()} if cfg.checkpoint_buffer else {}),
-        })
         log.close()
-        eval_mean, eval_std = mean_std(eval_returns) if eval_returns else (math.nan, math.nan)
-        summary = {
-            "env_id": cfg.env, "algo": cfg.algo, "seed": cfg.seed, "env_steps": env_step,
-            "updates": agent.updates_done, "wall_s": wall_s, "sps": env_step / max(loop_s, 1e-9),
-            "final_eval_return_mean": eval_mean, "final_eval_return_std": eval_std,
-            "final_eval_returns": eval_returns,
-            "best_eval_return_mean": best_eval if math.isfinite(best_eval) else math.nan,
-            "buffer_bytes_per_transition": buffer.bytes_per_transition,
-            "buffer_bytes": buffer.nbytes,
-            "updates_per_transition": cfg.updates_per_transition, "replay_ratio": cfg.replay_ratio,
-            "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-            "torch_version": torch.__version__, "compile": use_compile, "interrupted": interrupted,
-            "run_dir": str(run_dir),
-        }
-        write_summary(run_dir, summary)
-        plot_learning_curve(run_dir, f"{cfg.algo} {cfg.env} seed {cfg.seed}")
         envs.close()
         eval_envs.close()
+
+    loop_s = time.perf_counter() - t_loop
+    eval_mean, eval_std = mean_std(eval_returns) if eval_returns else (math.nan, math.nan)
+    summary = {
+        "env_id": cfg.env, "algo": cfg.algo, "seed": cfg.seed, "env_steps": env_step,
+        "updates": agent.updates_done, "wall_s": start.wall_s + time.perf_counter() - t_start,
+        "sps": (env_step - start.env_step) / max(loop_s, 1e-9),
+        "final_eval_return_mean": eval_mean, "final_eval_return_std": eval_std,
+        "final_eval_returns": eval_returns,
+        "best_eval_return_mean": best_eval if math.isfinite(best_eval) else math.nan,
+        "buffer_bytes_per_transition": buffer.bytes_per_transition,
+        "buffer_bytes": buffer.nbytes,
+        "updates_per_transition": cfg.updates_per_transition, "replay_ratio": cfg.replay_ratio,
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "torch_version": torch.__version__, "compile": use_compile,
+        "interrupted": (stop.requested and vector_step + 1 < cfg.num_vector_steps) or forced_stop,
+        "stop_signal": stop.name or None, "exit_code": stop.exit_code if stop.requested else 0,
+        "forced_stop": forced_stop, "error": str(failure) if failure else None,
+        "checkpoint_env_step": saved_at, "resumed_from_env_step": start.env_step if resume is not None else None,
+        "run_dir": str(run_dir),
+    }
+    if failure is not None:
+        summary["exit_code"] = EXIT_NON_FINITE
+    write_summary(run_dir, summary)
+    plot_learning_curve(run_dir, f"{cfg.algo} {cfg.env} seed {cfg.seed}")
     return summary
+
+
+def report(summary: dict[str, Any]) -> int:
+    """One line on stderr saying how the run ended; returns the exit code."""
+    run_dir = summary["run_dir"]
+    resume_cmd = f"python -m fastrl.train --resume {shlex.quote(run_dir)}"
+    saved = summary["checkpoint_env_step"]
+    kept = (f"the last good checkpoint (env step {saved}) is kept in {run_dir}" if saved is not None
+            else f"no checkpoint had been written yet in {run_dir}")
+    if summary["error"]:
+        print(f"python -m fastrl.train: error: {summary['error']}; stopped, {kept}. Try a lower --lr or "
+              f"--max-grad-norm, and check the env's rewards and observations for NaN/Inf", file=sys.stderr)
+        return EXIT_NON_FINITE
+    if summary["forced_stop"]:
+        print(f"stopped at once by a second {summary['stop_signal'] or 'interrupt'} at env step "
+              f"{summary['env_steps']} without writing a checkpoint; {kept}"
+              + (f"; resume with: {resume_cmd}" if saved is not None else ""), file=sys.stderr)
+        return summary["exit_code"] or 130
+    if summary["interrupted"]:
+        print(f"interrupted by {summary['stop_signal']} at env step {summary['env_steps']}; checkpoint and "
+              f"summary written; resume with: {resume_cmd}", file=sys.stderr)
+        return summary["exit_code"]
+    print(f"done: {summary['env_steps']} steps, {summary['updates']} updates in {summary['wall_s']:.1f} s "
+          f"({summary['sps']:.0f} SPS); final eval return {summary['final_eval_return_mean']:.1f} "
+          f"± {summary['final_eval_return_std']:.1f}; {run_dir}", file=sys.stderr)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     try:
-        cfg = config_from_args(argv)
+        args = build_parser().parse_args(argv)
+        cfg, resume = resume_config(args) if args.resume else (config_from_namespace(args), None)
         spec, device = check_setup(cfg)
     except ConfigError as exc:
         print(f"python -m fastrl.train: error: {exc}", file=sys.stderr)
-        return 2
-    summary = train(cfg, spec, device, t_start)
-    print(f"done: {summary['env_steps']} steps, {summary['updates']} updates in {summary['wall_s']:.1f} s "
-          f"({summary['sps']:.0f} SPS); final eval return {summary['final_eval_return_mean']:.1f} "
-          f"± {summary['final_eval_return_std']:.1f}; {summary['run_dir']}", file=sys.stderr)
-    if summary["interrupted"]:
-        print(f"interrupted: checkpoint and summary written in {summary['run_dir']}", file=sys.stderr)
+        return EXIT_BAD_SETTING
+    except KeyboardInterrupt:
+        print("python -m fastrl.train: interrupted before training started; nothing written", file=sys.stderr)
         return 130
-    return 0
+    if resume is not None and resume["counters"]["vector_step"] >= cfg.num_vector_steps:
+        print(f"nothing to do: {cfg.run_dir} already reached env step {resume['counters']['env_step']} of "
+              f"--total-steps {cfg.total_steps}; add --total-steps N to extend it", file=sys.stderr)
+        return 0
+    try:
+        with stop_on_signals() as stop:
+            summary = train(cfg, spec, device, t_start, stop=stop, resume=resume)
+    except KeyboardInterrupt:  # a second signal while the summary was being written
+        print("stopped at once by a second interrupt after the checkpoint was written", file=sys.stderr)
+        return 130
+    return report(summary)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,13 @@ CASES = [
     (["--total-steps", "ten"], "--total-steps", "invalid int value"),
     (["--algo", "ppo"], "--algo", "choose from"),
     (["--target-update", "sometimes"], "--target-update", "choose from"),
+    (["--resume", "no/such/run"], "--resume", "no such run folder"),
+    (["--resume", "."], "--resume", "holds no checkpoint.pt"),
+    (["--config", "missing.toml"], "--config", "no such file"),
+    (["--max-grad-norm", "nan"], "--max-grad-norm", "finite"),
+    (["--lr", "1e-3x"], "--lr", "invalid float value"),
+    (["--checkpoint-every", "-5"], "--checkpoint-every", ">= 0"),
+    (["--num-envs", "8", "--checkpoint-every", "4"], "--checkpoint-every", "at least --num-envs 8"),
 ]
 
 

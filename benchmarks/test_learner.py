@@ -1,0 +1,58 @@
+"""One learner update (`agent.update(batch)`: forward, loss, backward, clip, optimizer step,
+target update) by batch size, eager and `torch.compile`d.
+
+Fair comparison: eager and compiled build the same network from the same seed and train on the
+same mini-batch; compilation (and any recompile) happens in warm-up calls that are not timed.
+Compiling takes ~10-20 s per function on a small CPU, so compiled runs cover two batch sizes.
+TD3 averages critic-only and critic+actor updates (policy delay 2), as training does.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks.common import needs_algo, random_batch, synchronized
+from fastrl.config import resolve
+from fastrl.envs import lookup_spec
+
+TASKS = {"dqn": "CartPole-v1", "td3": "Pendulum-v1"}
+EAGER_BATCHES = [32, 128, 512, 2048, 8192]
+COMPILED_BATCHES = [128, 2048]
+COMPILE_WARMUP_CALLS = 5
+
+
+def build_agent(algo: str, batch_size: int, device: torch.device, use_compile: bool):
+    from fastrl.train import AGENT_BUILDERS
+
+    # Constant lr: a decayed-to-zero lr would still cost the same, but say what is measured.
+    cfg = resolve({"algo": algo, "env": TASKS[algo], "batch_size": batch_size, "device": device.type,
+                   "lr_schedule": "constant", "compile": use_compile})
+    spec = lookup_spec(cfg.env)
+    torch.manual_seed(cfg.seed)
+    return AGENT_BUILDERS[algo](spec, cfg, device, use_compile), spec
+
+
+def run_update_benchmark(benchmark, algo: str, batch_size: int, device: torch.device, use_compile: bool) -> None:
+    needs_algo(algo)
+    mode = "compiled" if use_compile else "eager"
+    benchmark.group = f"learner-{algo}-{device.type}"
+    agent, spec = build_agent(algo, batch_size, device, use_compile)
+    batch = random_batch(spec, batch_size, device, seed=0)
+    update = synchronized(agent.update, device)
+    for _ in range(COMPILE_WARMUP_CALLS if use_compile else 2):
+        update(batch)
+    benchmark.extra_info.update({"batch_size": batch_size, "mode": mode, "env": TASKS[algo]})
+    benchmark(update, batch)
+
+
+@pytest.mark.parametrize("batch_size", EAGER_BATCHES)
+@pytest.mark.parametrize("algo", list(TASKS))
+def test_update_eager(benchmark, device, algo, batch_size):
+    run_update_benchmark(benchmark, algo, batch_size, device, use_compile=False)
+
+
+@pytest.mark.parametrize("batch_size", COMPILED_BATCHES)
+@pytest.mark.parametrize("algo", list(TASKS))
+def test_update_compiled(benchmark, device, algo, batch_size):
+    run_update_benchmark(benchmark, algo, batch_size, device, use_compile=True)

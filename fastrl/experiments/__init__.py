@@ -1,0 +1,1 @@
+"""Experiments that answer questions about fastrl's settings; each is `python -m fastrl.experiments.<name>`."""

@@ -1,0 +1,271 @@
+"""TD3 and DDPG: one implementation; DDPG is TD3 with one critic, no target smoothing and an actor
+update after every critic update.
+
+The math is pure functions (action squashing, exploration, target smoothing, the TD target, the
+critic loss). `make_update` returns one function that runs the critic update and, when the host
+says it is due, the actor update: forward, hand-written backward (see `stacked_mlp`), fused Adam.
+It holds no Python branch on tensor values, so `torch.compile` can take it whole.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fastrl.buffer import Batch
+from fastrl.config import TrainConfig
+from fastrl.dqn import total_updates
+from fastrl.envs import EnvSpec
+from fastrl.schedules import learning_rate
+from fastrl.stacked_mlp import StackedMLP, Trace, backward
+from fastrl.targets import TargetUpdater, make_target_updater
+
+# --- the math ---
+
+
+def squash(pre_tanh: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Map ℝ onto [low, high] with tanh. The clamp only removes float rounding past the bounds."""
+    center, half_width = (high + low) / 2, (high - low) / 2
+    return torch.clamp(center + half_width * torch.tanh(pre_tanh), low, high)
+
+
+def explore(action: torch.Tensor, normal: torch.Tensor, noise: float, low: torch.Tensor,
+            high: torch.Tensor) -> torch.Tensor:
+    """Gaussian exploration with std `noise` × half-width of the box; the result stays in the box."""
+    return torch.clamp(action + normal * (noise * (high - low) / 2), low, high)
+
+
+def smooth_target_action(target_action: torch.Tensor, normal: torch.Tensor, policy_noise: float,
+                         noise_clip: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """TD3 target policy smoothing: ã = clip(μ'(s') + clip(ε, −c, c), low, high), with ε's std
+    and the clip c both fractions of the box's half-width."""
+    half_width = (high - low) / 2
+    clip = noise_clip * half_width
+    eps = torch.clamp(normal * (policy_noise * half_width), -clip, clip)
+    return torch.clamp(target_action + eps, low, high)
+
+
+def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tensor, gamma: float) -> torch.Tensor:
+    """r + γ (1 − terminated) min_e Q⁻_e(s', ã), next_q being [E, B]. With two critics the min is
+    TD3's clipped double Q; with one it is DDPG's target. Truncation still bootstraps."""
+    return rewards + gamma * (1.0 - terminated) * next_q.amin(dim=0)
+
+
+def critic_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sum over critics of each critic's mean squared TD error; q is [E, B], target [B]."""
+    return (q - target).square().mean(dim=1).sum()
+
+
+# --- networks ---
+
+
+class Actor(nn.Module):
+    """Deterministic policy: an MLP whose tanh output is scaled onto the action box."""
+
+    def __init__(self, obs_dim: int, hidden_sizes: tuple[int, ...], low: torch.Tensor, high: torch.Tensor):
+        super().__init__()
+        self.net = StackedMLP(1, obs_dim, hidden_sizes, low.numel())
+        self.register_buffer("low", low.reshape(-1).float().clone())
+        self.register_buffer("high", high.reshape(-1).float().clone())
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return squash(self.net(obs.flatten(1))[0], self.low, self.high)
+
+    def forward_traced(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Trace]:
+        """Action, tanh output, and the trace for the backward pass."""
+        pre, trace = self.net.forward_traced(obs.flatten(1))
+        t = torch.tanh(pre[0])
+        center, half_width = (self.high + self.low) / 2, (self.high - self.low) / 2
+        return torch.clamp(center + half_width * t, self.low, self.high), t, trace
+
+
+def critic_input(obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    return torch.cat((obs.flatten(1), actions), dim=1)
+
+
+# --- the update ---
+
+UpdateFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def _grads(module: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Preallocated .grad tensors (weights, biases, all) that the backward pass overwrites."""
+    for p in module.parameters():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    net = module.net if isinstance(module, Actor) else module
+    weights = [w.grad for w in net.weights]
+    biases = [b.grad for b in net.biases]
+    return weights, biases, weights + biases
+
+
+def _clip_grad_norm_(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    if max_norm > 0:  # a config switch, not a tensor value: the scale itself is branch-free
+        torch._foreach_mul_(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+    return norm
+
+
+def make_update(actor: Actor, critic: StackedMLP, actor_target: Actor, critic_target: StackedMLP,
+                critic_opt: torch.optim.Optimizer, actor_opt: torch.optim.Optimizer, gamma: float,
+                smoothing: bool, policy_noise: float, noise_clip: float, max_grad_norm: float) -> UpdateFn:
+    critic_w_grads, critic_b_grads, critic_grads = _grads(critic)
+    actor_w_grads, actor_b_grads, actor_grads = _grads(actor)
+    critic_weights = list(critic.weights)
+    first_critic = slice(0, 1)  # the actor climbs Q₁ only (TD3); with one critic, that one
+    low, high = actor.low, actor.high
+
+    @torch.no_grad()
+    def update(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
+               terminated: torch.Tensor, normal: torch.Tensor | None,
+               update_actor: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch = rewards.shape[0]
+        # Critic: regress every critic on the shared clipped-double-Q target.
+        next_actions = actor_target(next_obs)
+        if smoothing:
+            next_actions = smooth_target_action(next_actions, normal, policy_noise, noise_clip, low, high)
+        next_q = critic_target(critic_input(next_obs, next_actions))[..., 0]
+        target = td_target(rewards, terminated, next_q, gamma)
+        q_out, trace = critic.forward_traced(critic_input(obs, actions))
+        q = q_out[..., 0]
+        loss = critic_loss(q, target)
+        backward(critic_weights, trace, ((2.0 / batch) * (q - target)).unsqueeze(-1), critic_w_grads, critic_b_grads)
+        grad_norm = _clip_grad_norm_(critic_grads, max_grad_norm)
+        critic_opt.step()
+
+        if update_actor:  # decided by the host's update counter, never by a tensor
+            # Actor: ascend Q₁(s, μ(s)) through the freshly updated critic. Only dQ/da is needed
+            # from the critic, so its weight gradients are never formed.
+            action, tanh_out, actor_trace = actor.forward_traced(obs)
+            q1, q1_trace = critic.forward_traced(critic_input(obs, action), members=first_critic)
+            d_q1 = torch.full_like(q1, -1.0 / batch)  # d(−mean Q₁)/dQ₁
+            d_action = backward([w[first_critic] for w in critic_weights], q1_trace, d_q1, None, None,
+                                input_cols=slice(obs.flatten(1).shape[1], None))
+            d_pre = d_action * ((high - low) / 2 * (1.0 - tanh_out.square()))
+            backward(list(actor.net.weights), actor_trace, d_pre, actor_w_grads, actor_b_grads)
+            _clip_grad_norm_(actor_grads, max_grad_norm)
+            actor_opt.step()
+        return loss, q.mean(), grad_norm
+
+    return update
+
+
+# --- the agent ---
+
+
+@dataclass
+class TD3:
+    spec: EnvSpec
+    cfg: TrainConfig
+    actor: Actor
+    critic: StackedMLP
+    actor_target: Actor
+    critic_target: StackedMLP
+    critic_opt: torch.optim.Optimizer
+    actor_opt: torch.optim.Optimizer
+    targets: TargetUpdater
+    update_fn: UpdateFn
+    smoothing: bool
+    generator: torch.Generator  # exploration and smoothing noise, on the device
+    device: torch.device
+    total_updates: int
+    updates_done: int = 0  # critic updates
+    actor_updates: int = 0
+
+    # --- acting ---
+    def exploration(self, env_step: int) -> dict[str, float]:
+        return {"exploration_noise": self.cfg.exploration_noise}
+
+    @torch.no_grad()
+    def greedy(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.actor(obs)
+
+    def random_actions(self, n: int) -> torch.Tensor:
+        low, high = self.actor.low, self.actor.high
+        return low + (high - low) * torch.rand((n, low.numel()), generator=self.generator, device=self.device)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, env_step: int) -> torch.Tensor:
+        action = self.actor(obs)
+        normal = torch.randn(action.shape, generator=self.generator, device=self.device)
+        return explore(action, normal, self.cfg.exploration_noise, self.actor.low, self.actor.high)
+
+    # --- learning ---
+    def _set_lr(self) -> None:
+        cfg = self.cfg
+        for opt, base in ((self.critic_opt, cfg.lr), (self.actor_opt, cfg.actor_lr or cfg.lr)):
+            lr = learning_rate(cfg.lr_schedule, base, self.updates_done, self.total_updates,
+                               end_fraction=cfg.lr_end_fraction, k0=cfg.lr_k0, power=cfg.lr_power)
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        if self.cfg.lr_schedule != "constant":
+            self._set_lr()
+        update_actor = (self.updates_done + 1) % self.cfg.policy_delay == 0
+        normal = (torch.randn(batch.actions.shape, generator=self.generator, device=self.device)
+                  if self.smoothing else None)
+        loss, mean_q, grad_norm = self.update_fn(batch.obs, batch.actions, batch.rewards, batch.next_obs,
+                                                 batch.terminated, normal, update_actor)
+        self.updates_done += 1
+        if update_actor:
+            # Targets move with the actor (every policy_delay critic updates), as in TD3.
+            self.actor_updates += 1
+            self.targets.step(self.actor_updates)
+        return {"loss": loss, "mean_q": mean_q, "grad_norm": grad_norm}
+
+    def current_lr(self) -> float:
+        return float(self.critic_opt.param_groups[0]["lr"])
+
+    # --- checkpointing ---
+    def state_dict(self) -> dict:
+        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+                "actor_target": self.actor_target.state_dict(), "critic_target": self.critic_target.state_dict(),
+                "critic_opt": self.critic_opt.state_dict(), "actor_opt": self.actor_opt.state_dict(),
+                "updates_done": self.updates_done, "actor_updates": self.actor_updates,
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in ("actor", "critic", "actor_target", "critic_target", "critic_opt", "actor_opt"):
+            getattr(self, name).load_state_dict(state[name])
+        self.updates_done = int(state["updates_done"])
+        self.actor_updates = int(state["actor_updates"])
+        self.generator.set_state(state["generator"])
+
+    def policy_module(self) -> nn.Module:
+        return self.actor
+
+
+def _build(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile: bool, twin: bool) -> TD3:
+    obs_dim = math.prod(spec.obs_shape)
+    low = torch.tensor(spec.action_low, dtype=torch.float32)
+    high = torch.tensor(spec.action_high, dtype=torch.float32)
+    actor = Actor(obs_dim, cfg.hidden_sizes, low, high).to(device)
+    critic = StackedMLP(2 if twin else 1, obs_dim + low.numel(), cfg.hidden_sizes, 1).to(device)
+    actor_target = copy.deepcopy(actor).requires_grad_(False)
+    critic_target = copy.deepcopy(critic).requires_grad_(False)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=cfg.lr, fused=True)
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=cfg.actor_lr or cfg.lr, fused=True)
+    update_fn = make_update(actor, critic, actor_target, critic_target, critic_opt, actor_opt, cfg.gamma,
+                            twin, cfg.policy_noise, cfg.noise_clip, cfg.max_grad_norm)
+    if use_compile:
+        update_fn = torch.compile(update_fn)
+    targets = make_target_updater([(actor, actor_target), (critic, critic_target)], cfg.target_update, cfg.tau,
+                                  cfg.target_period)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(cfg.seed + 1)
+    return TD3(spec, cfg, actor, critic, actor_target, critic_target, critic_opt, actor_opt, targets, update_fn,
+               twin, generator, device, total_updates(cfg))
+
+
+def build_td3(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile: bool) -> TD3:
+    return _build(spec, cfg, device, use_compile, twin=True)
+
+
+def build_ddpg(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile: bool) -> TD3:
+    return _build(spec, cfg, device, use_compile, twin=False)
