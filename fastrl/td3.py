@@ -1,10 +1,14 @@
 """TD3 and DDPG: one implementation; DDPG is TD3 with one critic, no target smoothing and an actor
 update after every critic update.
 
-The math is pure functions (action squashing, exploration, target smoothing, the TD target, the
-critic loss). `make_update` returns one function that runs the critic update and, when the host
-says it is due, the actor update: forward, hand-written backward (see `stacked_mlp`), fused Adam.
-It holds no Python branch on tensor values, so `torch.compile` can take it whole.
+The math is pure functions (action scaling, exploration, target smoothing, the TD target, the
+critic loss). `make_update` returns one function that runs the critic update and, when the host's
+update counter says it is due, the actor update: forward, hand-written backward (see
+`stacked_mlp`), fused Adam. It holds no Python branch on tensor values, so `torch.compile` takes it
+whole (the fused Adam kernel runs eagerly between graphs, as it does in torch.optim).
+
+Targets (actor and critics) move together, in one fused soft or hard update after each actor
+update, as in TD3; `--target-period` (hard updates) therefore counts actor updates.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from fastrl.buffer import Batch
 from fastrl.config import TrainConfig
 from fastrl.dqn import total_updates
 from fastrl.envs import EnvSpec
+from fastrl.fused_adam import FusedAdam
 from fastrl.schedules import learning_rate
 from fastrl.stacked_mlp import StackedMLP, Trace, backward
 from fastrl.targets import TargetUpdater, make_target_updater
@@ -28,10 +33,10 @@ from fastrl.targets import TargetUpdater, make_target_updater
 # --- the math ---
 
 
-def squash(pre_tanh: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """Map ℝ onto [low, high] with tanh. The clamp only removes float rounding past the bounds."""
-    center, half_width = (high + low) / 2, (high - low) / 2
-    return torch.clamp(center + half_width * torch.tanh(pre_tanh), low, high)
+def to_box(unit: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Map [-1, 1] affinely onto [low, high]. lerp hits both ends exactly; the clamp is a last guard
+    against float rounding past the bounds."""
+    return torch.clamp(torch.lerp(low, high, unit.mul(0.5).add_(0.5)), low, high)
 
 
 def explore(action: torch.Tensor, normal: torch.Tensor, noise: float, low: torch.Tensor,
@@ -74,14 +79,13 @@ class Actor(nn.Module):
         self.register_buffer("high", high.reshape(-1).float().clone())
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return squash(self.net(obs.flatten(1))[0], self.low, self.high)
+        return to_box(torch.tanh(self.net(obs.flatten(1))[0]), self.low, self.high)
 
     def forward_traced(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Trace]:
         """Action, tanh output, and the trace for the backward pass."""
         pre, trace = self.net.forward_traced(obs.flatten(1))
         t = torch.tanh(pre[0])
-        center, half_width = (self.high + self.low) / 2, (self.high - self.low) / 2
-        return torch.clamp(center + half_width * t, self.low, self.high), t, trace
+        return to_box(t, self.low, self.high), t, trace
 
 
 def critic_input(obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -93,12 +97,14 @@ def critic_input(obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
 UpdateFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-def _grads(module: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-    """Preallocated .grad tensors (weights, biases, all) that the backward pass overwrites."""
+def preallocate_grads(module: nn.Module) -> None:
+    """Give every parameter a .grad tensor once; the backward pass overwrites them in place."""
     for p in module.parameters():
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    net = module.net if isinstance(module, Actor) else module
+
+
+def _grads(net: StackedMLP) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
     weights = [w.grad for w in net.weights]
     biases = [b.grad for b in net.biases]
     return weights, biases, weights + biases
@@ -112,11 +118,12 @@ def _clip_grad_norm_(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor
 
 
 def make_update(actor: Actor, critic: StackedMLP, actor_target: Actor, critic_target: StackedMLP,
-                critic_opt: torch.optim.Optimizer, actor_opt: torch.optim.Optimizer, gamma: float,
+                critic_opt: FusedAdam, actor_opt: FusedAdam, gamma: float,
                 smoothing: bool, policy_noise: float, noise_clip: float, max_grad_norm: float) -> UpdateFn:
     critic_w_grads, critic_b_grads, critic_grads = _grads(critic)
-    actor_w_grads, actor_b_grads, actor_grads = _grads(actor)
+    actor_w_grads, actor_b_grads, actor_grads = _grads(actor.net)
     critic_weights = list(critic.weights)
+    actor_weights = list(actor.net.weights)
     first_critic = slice(0, 1)  # the actor climbs Q₁ only (TD3); with one critic, that one
     low, high = actor.low, actor.high
 
@@ -147,8 +154,9 @@ def make_update(actor: Actor, critic: StackedMLP, actor_target: Actor, critic_ta
             d_action = backward([w[first_critic] for w in critic_weights], q1_trace, d_q1, None, None,
                                 input_cols=slice(obs.flatten(1).shape[1], None))
             d_pre = d_action * ((high - low) / 2 * (1.0 - tanh_out.square()))
-            backward(list(actor.net.weights), actor_trace, d_pre, actor_w_grads, actor_b_grads)
-            _clip_grad_norm_(actor_grads, max_grad_norm)
+            backward(actor_weights, actor_trace, d_pre, actor_w_grads, actor_b_grads)
+            if max_grad_norm > 0:  # the actor's norm is not logged: compute it only to clip
+                _clip_grad_norm_(actor_grads, max_grad_norm)
             actor_opt.step()
         return loss, q.mean(), grad_norm
 
@@ -166,8 +174,8 @@ class TD3:
     critic: StackedMLP
     actor_target: Actor
     critic_target: StackedMLP
-    critic_opt: torch.optim.Optimizer
-    actor_opt: torch.optim.Optimizer
+    critic_opt: FusedAdam
+    actor_opt: FusedAdam
     targets: TargetUpdater
     update_fn: UpdateFn
     smoothing: bool
@@ -199,10 +207,8 @@ class TD3:
     def _set_lr(self) -> None:
         cfg = self.cfg
         for opt, base in ((self.critic_opt, cfg.lr), (self.actor_opt, cfg.actor_lr or cfg.lr)):
-            lr = learning_rate(cfg.lr_schedule, base, self.updates_done, self.total_updates,
-                               end_fraction=cfg.lr_end_fraction, k0=cfg.lr_k0, power=cfg.lr_power)
-            for group in opt.param_groups:
-                group["lr"] = lr
+            opt.lr = learning_rate(cfg.lr_schedule, base, self.updates_done, self.total_updates,
+                                   end_fraction=cfg.lr_end_fraction, k0=cfg.lr_k0, power=cfg.lr_power)
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         if self.cfg.lr_schedule != "constant":
@@ -220,7 +226,7 @@ class TD3:
         return {"loss": loss, "mean_q": mean_q, "grad_norm": grad_norm}
 
     def current_lr(self) -> float:
-        return float(self.critic_opt.param_groups[0]["lr"])
+        return self.critic_opt.lr
 
     # --- checkpointing ---
     def state_dict(self) -> dict:
@@ -249,8 +255,10 @@ def _build(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile: b
     critic = StackedMLP(2 if twin else 1, obs_dim + low.numel(), cfg.hidden_sizes, 1).to(device)
     actor_target = copy.deepcopy(actor).requires_grad_(False)
     critic_target = copy.deepcopy(critic).requires_grad_(False)
-    critic_opt = torch.optim.Adam(critic.parameters(), lr=cfg.lr, fused=True)
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=cfg.actor_lr or cfg.lr, fused=True)
+    preallocate_grads(actor)
+    preallocate_grads(critic)
+    critic_opt = FusedAdam(list(critic.parameters()), lr=cfg.lr)
+    actor_opt = FusedAdam(list(actor.parameters()), lr=cfg.actor_lr or cfg.lr)
     update_fn = make_update(actor, critic, actor_target, critic_target, critic_opt, actor_opt, cfg.gamma,
                             twin, cfg.policy_noise, cfg.noise_clip, cfg.max_grad_norm)
     if use_compile:

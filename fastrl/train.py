@@ -68,7 +68,8 @@ HELP = {
     "policy_noise": "TD3 target smoothing noise (fraction of half-width)",
     "noise_clip": "TD3 target smoothing clip (fraction of half-width)",
     "policy_delay": "critic updates per actor update", "actor_lr": "actor learning rate (default: --lr)",
-    "device": "auto picks cuda when available", "compile": "torch.compile the update (default: on for CUDA)",
+    "device": "auto picks cuda when available",
+    "threads": "torch intra-op threads (0 = auto: 1 on CPU)", "compile": "torch.compile the update (default: on for CUDA)",
     "run_dir": "run folder (default runs/<env>-<algo>-<seed>-<time>)",
     "eval_episodes": "greedy episodes per evaluation", "eval_every": "env steps between evaluations (0 = end only)",
     "log_every": "env steps between metric rows",
@@ -236,6 +237,8 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
     cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
     stop = stop if stop is not None else StopRequest()  # no handler: never requested
     use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
+    if cfg.threads or device.type == "cpu":
+        torch.set_num_threads(cfg.threads or 1)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     start = RunCounters(**resume["counters"]) if resume is not None else RunCounters()

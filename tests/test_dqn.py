@@ -70,13 +70,13 @@ def test_update_moves_q_towards_the_target():
 
 
 def test_dqn_learns_cartpole_seeded(tmp_path):
-    """Small and fast: 30k steps of the default preset lift greedy CartPole returns far above a
-    random policy's ~22."""
-    cfg = resolve({"seed": 1, "total_steps": 30_000, "run_dir": str(tmp_path / "run"), "progress": False})
+    """The default run, seed 1 (about 25 s on the 2-core CI machine): greedy CartPole returns end
+    at >= 475 (a random policy gets ~22)."""
+    cfg = resolve({"seed": 1, "run_dir": str(tmp_path / "run"), "progress": False})
     spec, device = check_setup(cfg)
     summary = train(cfg, spec, device, 0.0)
-    assert summary["final_eval_return_mean"] >= 150, summary
-    assert summary["updates"] > 0 and summary["env_steps"] == 30_000
+    assert summary["final_eval_return_mean"] >= 475, summary
+    assert summary["updates"] > 0 and summary["env_steps"] == 50_000
     for name in ("config.json", "metrics.csv", "summary.json", "checkpoint.pt", "learning_curve.png"):
         assert (tmp_path / "run" / name).exists(), name
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
@@ -84,7 +84,7 @@ def test_dqn_learns_cartpole_seeded(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [2, 3])
 def test_default_run_solves_cartpole(seed, tmp_path):
     """The README's promise: `python -m fastrl.train --seed S` ends at >= 475 in <= 60 s."""
     cfg = resolve({"seed": seed, "run_dir": str(tmp_path / "run"), "progress": False})

@@ -11,7 +11,8 @@ import torch
 from fastrl.experiments import updates
 from fastrl.experiments.aggregate import summarize
 from fastrl.experiments.grid import QUICK, Grid, RunSpec, Task, TargetSetting
-from fastrl.experiments.runner import RunResult
+from fastrl.experiments.report import RunContext
+from fastrl.experiments.runner import RunResult, steps_to_threshold
 
 
 def test_target_setting_parse_and_overrides():
@@ -28,6 +29,13 @@ def test_quick_grid_holds_env_steps_and_updates_per_transition_fixed():
         assert {c.total_steps for c in cfgs} == {task.total_steps}
         assert len({c.updates_per_transition for c in cfgs}) == 1
         assert {c.batch_size for c in cfgs} == set(QUICK.batch_sizes)
+
+
+def test_steps_to_threshold_needs_two_consecutive_evals():
+    curve = [(1000, 500.0), (2000, 20.0), (3000, 480.0), (4000, 500.0), (5000, 100.0)]
+    assert steps_to_threshold(curve, 475.0) == 3000
+    assert steps_to_threshold(curve[:4], 490.0) is None
+    assert steps_to_threshold([(1000, 500.0)], 475.0) is None
 
 
 def fake_result(task: Task, target: TargetSetting, batch: int, seed: int) -> RunResult:
@@ -54,7 +62,7 @@ def test_report_and_plots_from_results(tmp_path):
     assert first.reached == 1 and first.steps_to_threshold == 2000
     assert first.curve_steps == [1000, 2000]
 
-    ctx = updates.RunContext(command="test", date="today", jobs=1, threads=1, wall_s=1.0, skipped=[], reused_runs=0)
+    ctx = RunContext(command="test", date="today", jobs=1, threads=1, wall_s=1.0, skipped=[], reused_runs=0)
     report = updates.write_outputs(tmp_path, grid, results, ctx).read_text()
     assert "| hard C=100 | 32 | 8 | 153.2 ± 50.0 | 1/2 | 2,000 |" in report
     assert "replay ratio" in report and "updates per transition" in report.lower()

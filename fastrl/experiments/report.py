@@ -35,13 +35,28 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs{gpu}; torch {torch.__version__}; Python {platform.python_version()}"
 
 
+def code_version() -> str:
+    """The commit the runs were made with, and whether the tree had uncommitted changes."""
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True, cwd=Path(__file__).parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"{commit}{' with uncommitted changes' if dirty else ''}"
+
+
 def _fmt_steps(s: SettingSummary) -> str:
     return "—" if s.steps_to_threshold is None else f"{s.steps_to_threshold:,.0f}"
 
 
 def task_section(task: Task, rows: list[SettingSummary]) -> list[str]:
     lines = [f"## {task.name}", "",
-             f"Threshold for steps-to-threshold: greedy eval return >= {task.threshold:g}. "
+             f"Steps to threshold: the first eval step that starts two consecutive greedy evals with "
+             f"return >= {task.threshold:g}; median over the seeds that got there. "
              f"Updates per transition: {rows[0].updates_per_transition:.4g} for every setting."
              + (" TD3/DDPG move their targets with the actor, once every policy_delay critic updates, "
                 "so for them C and τ count actor updates." if task.algo in ("td3", "ddpg") else ""), "",
@@ -72,10 +87,11 @@ def write_report(path: Path, grid: Grid, summaries: list[SettingSummary], ctx: R
     lines = [
         "# Hard vs soft target updates × batch size", "",
         f"- Command: `{ctx.command}`",
-        f"- Date: {ctx.date}; machine: {machine()}",
+        f"- Date: {ctx.date}; machine: {machine()}; code: fastrl {code_version()}",
         f"- Parallel runs: {ctx.jobs}, torch threads per run: {ctx.threads or 'torch default'}; "
-        f"experiment wall time {ctx.wall_s / 60:.1f} min ({ctx.reused_runs} of {runs} runs read back from "
-        f"earlier finished runs)",
+        f"this invocation took {ctx.wall_s / 60:.1f} min ({ctx.reused_runs} of {runs} runs read back from "
+        f"earlier finished runs); the runs' own wall times sum to "
+        f"{sum(s.wall_s * s.seeds for s in summaries) / 60:.1f} min",
         f"- Grid: {len(tasks)} task(s) × {len(grid.targets)} target settings × {len(grid.batch_sizes)} batch "
         f"sizes × {len(grid.seeds)} seeds = {runs} runs",
         "- Tasks: " + "; ".join(f"{t.algo} {t.env}, {t.total_steps:,} env steps, eval every {t.eval_every:,}"

@@ -33,7 +33,7 @@ class RunResult:
     seed: int
     final_return_mean: float  # greedy eval at the last step, over the eval episodes
     final_return_std: float
-    steps_to_threshold: int | None  # first eval step at or above the task's threshold
+    steps_to_threshold: int | None  # see steps_to_threshold()
     wall_s: float
     sps: float
     env_steps: int
@@ -68,10 +68,20 @@ def finished_summary(run_dir: Path, config: dict[str, Any]) -> dict[str, Any] | 
     return summary
 
 
+def steps_to_threshold(curve: list[tuple[int, float]], threshold: float, hold: int = 2) -> int | None:
+    """The first eval step that starts `hold` consecutive evals at or above `threshold`. One eval
+    is not enough: an untrained greedy CartPole policy now and then balances for 500 steps."""
+    returns = [ret for _, ret in curve]
+    for i in range(len(curve) - hold + 1):
+        if all(ret >= threshold for ret in returns[i:i + hold]):
+            return curve[i][0]
+    return None
+
+
 def result_of(spec: RunSpec, summary: dict[str, Any], reused: bool) -> RunResult:
     rows = read_metrics(Path(summary["run_dir"]))
     curve = [(int(r["env_step"]), float(r["eval_return_mean"])) for r in rows if r["eval_return_mean"]]
-    reached = next((step for step, ret in curve if ret >= spec.task.threshold), None)
+    reached = steps_to_threshold(curve, spec.task.threshold)
     return RunResult(
         name=spec.name, task=spec.task.name, algo=spec.task.algo, env=spec.task.env,
         target=spec.target.label, target_kind=spec.target.kind, target_value=spec.target.value,

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from fastrl.config import ConfigError, validate
 from fastrl.experiments.aggregate import summarize
 from fastrl.experiments.grid import FULL, QUICK, Grid, TargetSetting
 from fastrl.experiments.plots import plot_learning_curves, plot_return_vs_batch, plot_throughput_vs_batch
@@ -123,13 +124,23 @@ def main(argv: list[str] | None = None) -> int:
     if not grid.tasks:
         print("nothing to run: " + ("; ".join(skipped) or "no task matches --algos"), file=sys.stderr)
         return 2
-    print(describe_plan(grid, runs_dir, skipped, args.jobs, threads), file=sys.stderr, flush=True)
+    try:
+        plan = describe_plan(grid, runs_dir, skipped, args.jobs, threads)
+        for spec in grid.runs():  # every run's settings are valid before the first one starts
+            validate(spec.config(str(runs_dir)))
+    except ConfigError as exc:
+        print(f"python -m fastrl.experiments.updates: error: {exc}", file=sys.stderr)
+        return 2
+    print(plan, file=sys.stderr, flush=True)
     if args.plan:
         return 0
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m fastrl.experiments.updates " + shlex.join(sys.argv[1:] if argv is None else argv)
     t0 = time.perf_counter()
     if args.report_only:
+        if not (out / "results.json").is_file():
+            print(f"--report-only: no {out / 'results.json'}; run the grid first", file=sys.stderr)
+            return 2
         results = load_results(out / "results.json")
     else:
         results = run_all(grid.runs(), runs_dir, args.jobs, threads)

@@ -1,0 +1,48 @@
+"""Adam over a fixed list of parameters: one fused kernel call per step, no per-step bookkeeping.
+
+`torch.optim.Adam(fused=True)` runs the same kernel (`torch._fused_adam_`), but first regroups the
+tensors by device and dtype and re-reads its state in Python on every step: ~50 us a step on the
+2-core CPU, 5-8% of a TD3 update there. Here the tensor lists are built once; the gradients are
+the parameters' preallocated `.grad` tensors, which the hand-written backward overwrites in place.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class FusedAdam:
+    def __init__(self, params: list[nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8):
+        if any(p.grad is None for p in params):
+            raise ValueError("FusedAdam needs every parameter's .grad preallocated")
+        self.lr = lr
+        self.betas = betas
+        self.eps = eps
+        self.params = [p.detach() for p in params]  # same storage: stepping these steps the parameters
+        self.grads = [p.grad for p in params]
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        # The step count for the bias correction: float32 on the parameters' device, as the kernel
+        # wants it. All parameters step together, so they share one count.
+        self.step_count = torch.zeros((), dtype=torch.float32, device=self.params[0].device)
+        self._steps = [self.step_count] * len(self.params)
+
+    @torch.compiler.disable  # an in-place multi-tensor kernel: run it eagerly, as torch.optim does
+    def step(self) -> None:
+        self.step_count.add_(1.0)  # the kernel reads the count of the step it is taking
+        torch._fused_adam_(self.params, self.grads, self.exp_avg, self.exp_avg_sq, [], self._steps, lr=self.lr,
+                           beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0, eps=self.eps,
+                           amsgrad=False, maximize=False)
+
+    def state_dict(self) -> dict:
+        return {"lr": self.lr, "step_count": self.step_count, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
+
+    def load_state_dict(self, state: dict) -> None:
+        # In place: the step's tensor lists must keep pointing at these tensors.
+        self.lr = float(state["lr"])
+        self.step_count.copy_(state["step_count"])
+        for name in ("exp_avg", "exp_avg_sq"):
+            for mine, saved in zip(getattr(self, name), state[name], strict=True):
+                mine.copy_(saved)
