@@ -78,8 +78,12 @@ class StackedMLP(nn.Module):
         self._weights, self._biases = list(self.weights), list(self.biases)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, in] or [E, B, in] -> [E, B, out]. Differentiable (autograd), for tests and export."""
-        return self.forward_traced(x)[0]
+        """[B, in] or [E, B, in] -> [E, B, out]. Also differentiable by autograd (tests, export)."""
+        weights, biases = self._weights, self._biases
+        h = x.expand(self.members, *x.shape) if x.dim() == 2 else x
+        for i in range(len(weights) - 1):
+            h = linear(h, weights[i], biases[i]).relu_()
+        return linear(h, weights[-1], biases[-1])
 
     def forward_traced(self, x: torch.Tensor, members: slice | None = None) -> tuple[torch.Tensor, Trace]:
         """Forward pass keeping what `backward` needs. `members` picks a subset (a view, no copy).

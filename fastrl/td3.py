@@ -39,20 +39,21 @@ def to_box(unit: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.T
     return torch.clamp(torch.lerp(low, high, unit.mul(0.5).add_(0.5)), low, high)
 
 
-def explore(action: torch.Tensor, normal: torch.Tensor, noise: float, low: torch.Tensor,
+def box_fraction(fraction: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """`fraction` of the box's half-width per action dim: the unit of every noise std and clip."""
+    return fraction * (high - low) / 2
+
+
+def explore(action: torch.Tensor, normal: torch.Tensor, std: torch.Tensor, low: torch.Tensor,
             high: torch.Tensor) -> torch.Tensor:
-    """Gaussian exploration with std `noise` × half-width of the box; the result stays in the box."""
-    return torch.clamp(action + normal * (noise * (high - low) / 2), low, high)
+    """Gaussian exploration: action + std·ε, kept in the box."""
+    return torch.clamp(torch.addcmul(action, normal, std), low, high)
 
 
-def smooth_target_action(target_action: torch.Tensor, normal: torch.Tensor, policy_noise: float,
-                         noise_clip: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """TD3 target policy smoothing: ã = clip(μ'(s') + clip(ε, −c, c), low, high), with ε's std
-    and the clip c both fractions of the box's half-width."""
-    half_width = (high - low) / 2
-    clip = noise_clip * half_width
-    eps = torch.clamp(normal * (policy_noise * half_width), -clip, clip)
-    return torch.clamp(target_action + eps, low, high)
+def smooth_target_action(target_action: torch.Tensor, normal: torch.Tensor, std: torch.Tensor,
+                         clip: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """TD3 target policy smoothing: ã = clip(μ'(s') + clip(std·ε, −c, c), low, high)."""
+    return torch.clamp(target_action + torch.clamp(normal * std, -clip, clip), low, high)
 
 
 def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -126,6 +127,8 @@ def make_update(actor: Actor, critic: StackedMLP, actor_target: Actor, critic_ta
     actor_weights = list(actor.net.weights)
     first_critic = slice(0, 1)  # the actor climbs Q₁ only (TD3); with one critic, that one
     low, high = actor.low, actor.high
+    half_width = box_fraction(1.0, low, high)
+    smoothing_std, smoothing_clip = box_fraction(policy_noise, low, high), box_fraction(noise_clip, low, high)
 
     @torch.no_grad()
     def update(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
@@ -135,7 +138,7 @@ def make_update(actor: Actor, critic: StackedMLP, actor_target: Actor, critic_ta
         # Critic: regress every critic on the shared clipped-double-Q target.
         next_actions = actor_target(next_obs)
         if smoothing:
-            next_actions = smooth_target_action(next_actions, normal, policy_noise, noise_clip, low, high)
+            next_actions = smooth_target_action(next_actions, normal, smoothing_std, smoothing_clip, low, high)
         next_q = critic_target(critic_input(next_obs, next_actions))[..., 0]
         target = td_target(rewards, terminated, next_q, gamma)
         q_out, trace = critic.forward_traced(critic_input(obs, actions))
@@ -153,7 +156,7 @@ def make_update(actor: Actor, critic: StackedMLP, actor_target: Actor, critic_ta
             d_q1 = torch.full_like(q1, -1.0 / batch)  # d(−mean Q₁)/dQ₁
             d_action = backward([w[first_critic] for w in critic_weights], q1_trace, d_q1, None, None,
                                 input_cols=slice(obs.flatten(1).shape[1], None))
-            d_pre = d_action * ((high - low) / 2 * (1.0 - tanh_out.square()))
+            d_pre = d_action * (half_width * (1.0 - tanh_out.square()))  # through action = mid + hw·tanh
             backward(actor_weights, actor_trace, d_pre, actor_w_grads, actor_b_grads)
             if max_grad_norm > 0:  # the actor's norm is not logged: compute it only to clip
                 _clip_grad_norm_(actor_grads, max_grad_norm)
@@ -182,6 +185,7 @@ class TD3:
     generator: torch.Generator  # exploration and smoothing noise, on the device
     device: torch.device
     total_updates: int
+    explore_std: torch.Tensor  # per action dim
     updates_done: int = 0  # critic updates
     actor_updates: int = 0
 
@@ -201,7 +205,7 @@ class TD3:
     def act(self, obs: torch.Tensor, env_step: int) -> torch.Tensor:
         action = self.actor(obs)
         normal = torch.randn(action.shape, generator=self.generator, device=self.device)
-        return explore(action, normal, self.cfg.exploration_noise, self.actor.low, self.actor.high)
+        return explore(action, normal, self.explore_std, self.actor.low, self.actor.high)
 
     # --- learning ---
     def _set_lr(self) -> None:
@@ -268,7 +272,7 @@ def _build(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile: b
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed + 1)
     return TD3(spec, cfg, actor, critic, actor_target, critic_target, critic_opt, actor_opt, targets, update_fn,
-               twin, generator, device, total_updates(cfg))
+               twin, generator, device, total_updates(cfg), box_fraction(cfg.exploration_noise, actor.low, actor.high))
 
 
 def build_td3(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile: bool) -> TD3:

@@ -14,7 +14,7 @@ from fastrl.envs import EnvSpec
 from fastrl.fused_adam import FusedAdam
 from fastrl.stacked_mlp import StackedMLP, backward
 from fastrl.td3 import (
-    build_ddpg, build_td3, critic_input, critic_loss, explore, smooth_target_action, td_target, to_box,
+    box_fraction, build_ddpg, build_td3, critic_input, critic_loss, explore, smooth_target_action, td_target, to_box,
 )
 from fastrl.train import check_setup, train
 
@@ -25,7 +25,7 @@ def test_target_smoothing_clips_the_noise_then_the_action():
     low, high = torch.tensor([-2.0, 0.0]), torch.tensor([2.0, 1.0])  # half-widths 2 and 0.5
     mu = torch.tensor([[0.0, 0.5], [1.9, 0.5], [0.0, 0.5]])
     normal = torch.tensor([[0.5, -0.5], [100.0, 100.0], [-100.0, -100.0]])
-    out = smooth_target_action(mu, normal, policy_noise=0.2, noise_clip=0.5, low=low, high=high)
+    out = smooth_target_action(mu, normal, box_fraction(0.2, low, high), box_fraction(0.5, low, high), low, high)
     # Row 0: small noise passes unclipped, std = 0.2 × half-width.
     assert torch.allclose(out[0], torch.tensor([0.5 * 0.2 * 2.0, 0.5 - 0.5 * 0.2 * 0.5]))
     # Row 1: the noise is clipped to +0.5 × half-width, then the action to the box.
@@ -36,7 +36,8 @@ def test_target_smoothing_clips_the_noise_then_the_action():
 
 def test_exploration_noise_is_scaled_to_the_box_and_clipped_to_it():
     low, high = torch.tensor([-2.0, 0.0]), torch.tensor([2.0, 1.0])
-    out = explore(torch.tensor([[0.0, 0.5], [1.9, 0.9]]), torch.tensor([[1.0, -1.0], [3.0, 3.0]]), 0.1, low, high)
+    std = box_fraction(0.1, low, high)
+    out = explore(torch.tensor([[0.0, 0.5], [1.9, 0.9]]), torch.tensor([[1.0, -1.0], [3.0, 3.0]]), std, low, high)
     assert torch.allclose(out[0], torch.tensor([0.1 * 2.0, 0.5 - 0.1 * 0.5]))
     assert torch.equal(out[1], high)
 
@@ -171,7 +172,8 @@ def _reference_update(agent, batch, normal, update_actor, gamma):
     with torch.no_grad():
         next_a = actor_t(next_obs)
         if normal is not None:
-            next_a = smooth_target_action(next_a, normal, 0.2, 0.5, actor.low, actor.high)
+            next_a = smooth_target_action(next_a, normal, box_fraction(0.2, actor.low, actor.high),
+                                          box_fraction(0.5, actor.low, actor.high), actor.low, actor.high)
         y = rewards + gamma * (1 - terminated) * critic_t(critic_input(next_obs, next_a))[..., 0].min(0).values
     q = critic(critic_input(obs, actions))[..., 0]
     loss = sum(((q[e] - y) ** 2).mean() for e in range(q.shape[0]))
@@ -254,8 +256,9 @@ def test_actions_never_leave_the_bounds(bounds, scale, noise, seed):
     obs = torch.randn(128, 3) * scale  # large inputs saturate the tanh
     normal = torch.randn(128, len(low)) * 10
     for actions in (agent.act(obs, 0), agent.greedy(obs), agent.random_actions(128),
-                    explore(agent.greedy(obs), normal, noise, lo, hi),
-                    smooth_target_action(agent.greedy(obs), normal, noise, noise, lo, hi),
+                    explore(agent.greedy(obs), normal, box_fraction(noise, lo, hi), lo, hi),
+                    smooth_target_action(agent.greedy(obs), normal, box_fraction(noise, lo, hi),
+                                         box_fraction(noise, lo, hi), lo, hi),
                     to_box(torch.tanh(torch.randn(128, len(low)) * scale), lo, hi)):
         assert actions.shape == (128, len(low))
         assert bool(((actions >= lo) & (actions <= hi)).all()), (actions.min(0), actions.max(0), low, high)
