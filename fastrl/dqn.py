@@ -1,13 +1,19 @@
 """DQN (with the Double DQN switch): the loss as pure functions, the update as one function.
 
-`make_update` returns `update(obs, actions, rewards, next_obs, terminated) -> (loss, mean_q,
-grad_norm)`: forward, loss, backward, clip, optimizer step. It holds no Python branch on tensor
-values, so `torch.compile` can take it whole.
+Both update builders return `update(obs, actions, rewards, next_obs, terminated) -> (loss, mean_q,
+grad_norm)`: forward, loss, backward, clip, fused Adam step. Neither holds a Python branch on
+tensor values, so `torch.compile` can take them whole.
+- `make_mlp_update` (vector observations): the Q-net is a `StackedMLP` with one member and the
+  backward is written out. On the 2-core CI CPU it takes 0.34 ms against autograd's 0.71 ms for
+  the CleanRL CartPole net at batch 128; the GEMMs alone need about 0.2 ms there.
+- `make_update` (image observations): autograd through the Nature CNN, whose convolutions
+  dominate and gain nothing from a hand-written backward.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,8 +24,10 @@ from torch import nn
 from fastrl.buffer import Batch
 from fastrl.config import TrainConfig
 from fastrl.envs import EnvSpec
-from fastrl.networks import q_network
+from fastrl.fused_adam import FusedAdam, clip_grad_norm_, preallocate_grads
+from fastrl.networks import NatureCNN
 from fastrl.schedules import learning_rate, linear
+from fastrl.stacked_mlp import StackedMLP, backward
 from fastrl.targets import TargetUpdater, make_target_updater
 
 
@@ -28,7 +36,7 @@ def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q_target: to
     """r + γ (1 − terminated) Q⁻(s', a*). Truncation is not termination: a time-limit cut still
     bootstraps. With `next_q_online` (Double DQN), a* = argmax Q(s', ·), else argmax Q⁻(s', ·)."""
     if next_q_online is None:
-        next_value = next_q_target.max(dim=-1).values
+        next_value = next_q_target.amax(dim=-1)  # amax: max() also builds the indices
     else:
         best = next_q_online.argmax(dim=-1, keepdim=True)
         next_value = next_q_target.gather(-1, best).squeeze(-1)
@@ -41,12 +49,22 @@ def td_loss(q_taken: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Ten
     return F.mse_loss(q_taken, target)
 
 
+def td_loss_grad(q_taken: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """d td_loss / d q_taken: the mean's 1/B times the Huber (δ = 1) or squared-error slope."""
+    error = q_taken - target
+    if kind == "huber":
+        return error.clamp_(-1.0, 1.0).div_(error.shape[0])
+    return error.mul_(2.0 / error.shape[0])
+
+
 UpdateFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-def make_update(q: nn.Module, q_target: nn.Module, optimizer: torch.optim.Optimizer, gamma: float,
+def make_update(q: nn.Module, q_target: nn.Module, optimizer: FusedAdam, gamma: float,
                 double: bool, loss_kind: str, max_grad_norm: float) -> UpdateFn:
-    params = [p for p in q.parameters()]
+    """The update through autograd, for any Q-net (the Nature CNN). `optimizer` steps the
+    parameters' preallocated `.grad` tensors, which backward accumulates into after a zero."""
+    grads = optimizer.grads
 
     def update(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
                terminated: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -58,14 +76,41 @@ def make_update(q: nn.Module, q_target: nn.Module, optimizer: torch.optim.Optimi
         target = td_target(rewards, terminated, next_q_target, next_q_online, gamma)
         q_taken = q_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
         loss = td_loss(q_taken, target, loss_kind)
-        optimizer.zero_grad(set_to_none=True)
+        torch._foreach_zero_(grads)
         loss.backward()
-        if max_grad_norm > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True)
-        else:
-            grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params])))
+        grad_norm = clip_grad_norm_(grads, max_grad_norm)
         optimizer.step()
-        return loss.detach(), q_taken.detach().mean(), grad_norm.detach()
+        return loss.detach(), q_taken.detach().mean(), grad_norm
+
+    return update
+
+
+def make_mlp_update(q: StackedMLP, q_target: StackedMLP, optimizer: FusedAdam, gamma: float,
+                    double: bool, loss_kind: str, max_grad_norm: float) -> UpdateFn:
+    """The same update for a one-member `StackedMLP` Q-net, with the backward written out: the
+    loss's gradient reaches the net only through the taken action's Q, so the output gradient is
+    the one-hot of the action times d loss / d Q(s, a)."""
+    weights = q.layers()[0]
+    weight_grads, bias_grads = [w.grad for w in q.weights], [b.grad for b in q.biases]
+    action_ids = torch.arange(q.out_dim, dtype=torch.float32, device=weights[0].device)
+
+    @torch.no_grad()
+    def update(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
+               terminated: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        next_q_target = q_target(next_obs.flatten(1))[0]
+        next_q_online = q(next_obs.flatten(1))[0] if double else None
+        target = td_target(rewards, terminated, next_q_target, next_q_online, gamma)
+        q_all, trace = q.forward_traced(obs.flatten(1))
+        # One-hot of the taken action: its product with Q picks Q(s, a), and the same mask routes
+        # the loss gradient back to that output alone (actions arrive as floats from the buffer).
+        taken = (actions.unsqueeze(-1) == action_ids).to(q_all.dtype)
+        q_taken = (q_all[0] * taken).sum(-1)
+        loss = td_loss(q_taken, target, loss_kind)
+        d_q_taken = td_loss_grad(q_taken, target, loss_kind)
+        backward(weights, trace, (taken * d_q_taken.unsqueeze(-1)).unsqueeze(0), weight_grads, bias_grads)
+        grad_norm = clip_grad_norm_(optimizer.grads, max_grad_norm)
+        optimizer.step()
+        return loss, q_taken.mean(), grad_norm
 
     return update
 
@@ -74,9 +119,9 @@ def make_update(q: nn.Module, q_target: nn.Module, optimizer: torch.optim.Optimi
 class DQN:
     spec: EnvSpec
     cfg: TrainConfig
-    q: nn.Module
+    q: nn.Module  # a one-member StackedMLP (vector observations) or the Nature CNN
     q_target: nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: FusedAdam
     targets: TargetUpdater
     update_fn: UpdateFn
     generator: torch.Generator  # exploration randomness, on the device
@@ -93,7 +138,12 @@ class DQN:
 
     @torch.no_grad()
     def greedy(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.q(obs).argmax(dim=-1)
+        return self.q_values(obs).argmax(dim=-1)
+
+    def q_values(self, obs: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.q, StackedMLP):
+            return self.q(obs.flatten(1))[0]
+        return self.q(obs)
 
     def random_actions(self, n: int) -> torch.Tensor:
         return torch.randint(0, self.spec.num_actions, (n,), generator=self.generator, device=self.device)
@@ -108,11 +158,7 @@ class DQN:
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         lr = learning_rate(self.cfg.lr_schedule, self.cfg.lr, self.updates_done, self.total_updates,
                            end_fraction=self.cfg.lr_end_fraction, k0=self.cfg.lr_k0, power=self.cfg.lr_power)
-        for group in self.optimizer.param_groups:
-            if isinstance(group["lr"], torch.Tensor):
-                group["lr"].fill_(lr)
-            else:
-                group["lr"] = lr
+        self.optimizer.lr = lr
         loss, mean_q, grad_norm = self.update_fn(batch.obs, batch.actions, batch.rewards, batch.next_obs,
                                                  batch.terminated)
         self.updates_done += 1
@@ -120,7 +166,7 @@ class DQN:
         return {"loss": loss, "mean_q": mean_q, "grad_norm": grad_norm}
 
     def current_lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
+        return self.optimizer.lr
 
     # --- checkpointing ---
     def state_dict(self) -> dict:
@@ -145,17 +191,20 @@ def total_updates(cfg: TrainConfig) -> int:
 
 
 def build_dqn(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile: bool) -> DQN:
-    q = q_network(spec.obs_shape, spec.is_image, cfg.hidden_sizes, spec.num_actions).to(device)
+    if spec.is_image:
+        q: nn.Module = NatureCNN(spec.obs_shape, cfg.hidden_sizes, spec.num_actions).to(device)
+        build_update = make_update
+    else:
+        q = StackedMLP(1, math.prod(spec.obs_shape), cfg.hidden_sizes, spec.num_actions).to(device)
+        build_update = make_mlp_update
     q_target = copy.deepcopy(q).requires_grad_(False)
-    cuda = device.type == "cuda"
-    # Fused Adam: one kernel for all parameters (3x faster than foreach on the CI CPU). On CUDA the lr
-    # lives in a device tensor and the step is capturable, so the compiled update can be replayed
-    # as a CUDA graph ("reduce-overhead") while the schedule changes the lr between replays.
-    lr = torch.tensor(cfg.lr, device=device) if cuda else cfg.lr
-    optimizer = torch.optim.Adam(q.parameters(), lr=lr, fused=True, capturable=cuda)
-    update_fn = make_update(q, q_target, optimizer, cfg.gamma, cfg.double_dqn, cfg.loss, cfg.max_grad_norm)
+    preallocate_grads(q)
+    # One fused Adam kernel over lists built once (stepping through torch.optim costs ~50 us more
+    # per update on the CI CPU).
+    optimizer = FusedAdam(list(q.parameters()), lr=cfg.lr)
+    update_fn = build_update(q, q_target, optimizer, cfg.gamma, cfg.double_dqn, cfg.loss, cfg.max_grad_norm)
     if use_compile:
-        update_fn = torch.compile(update_fn, mode="reduce-overhead" if cuda else None)
+        update_fn = torch.compile(update_fn)
     targets = make_target_updater([(q, q_target)], cfg.target_update, cfg.tau, cfg.target_period)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed + 1)

@@ -1,4 +1,5 @@
-"""Adam over a fixed list of parameters: one fused kernel call per step, no per-step bookkeeping.
+"""Adam over a fixed list of parameters: one fused kernel call per step, no per-step bookkeeping;
+with the two helpers it needs, preallocated gradients and a global-norm clip over them.
 
 `torch.optim.Adam(fused=True)` runs the same kernel (`torch._fused_adam_`), but first regroups the
 tensors by device and dtype and re-reads its state in Python on every step: ~50 us a step on the
@@ -10,6 +11,22 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+def preallocate_grads(module: nn.Module) -> None:
+    """Give every parameter a .grad tensor once; backward passes write into them in place."""
+    for p in module.parameters():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+
+
+def clip_grad_norm_(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Scale `grads` in place so that their global L2 norm is at most `max_norm` (0 = no clip);
+    returns the norm before clipping. The scale is computed on the device: no host sync."""
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    if max_norm > 0:  # a config switch, not a tensor value: the scale itself is branch-free
+        torch._foreach_mul_(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+    return norm
 
 
 class FusedAdam:

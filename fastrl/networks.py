@@ -1,8 +1,7 @@
-"""Network builders: MLPs for vector observations, the Nature CNN for image stacks."""
+"""Network builders: the Nature CNN for image stacks, and a plain nn.Sequential MLP (the autograd
+reference that tests and benchmarks hold the stacked MLPs against)."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
@@ -35,9 +34,3 @@ class NatureCNN(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.head(self.conv(obs.float() / 255.0))
-
-
-def q_network(obs_shape: tuple[int, ...], is_image: bool, hidden_sizes: tuple[int, ...], num_actions: int) -> nn.Module:
-    if is_image:
-        return NatureCNN(obs_shape, hidden_sizes, num_actions)
-    return mlp(math.prod(obs_shape), hidden_sizes, num_actions)

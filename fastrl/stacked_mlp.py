@@ -66,6 +66,7 @@ class StackedMLP(nn.Module):
     def __init__(self, members: int, in_dim: int, hidden_sizes: tuple[int, ...], out_dim: int):
         super().__init__()
         self.members = members
+        self.out_dim = out_dim
         sizes = [in_dim, *hidden_sizes, out_dim]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()

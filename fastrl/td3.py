@@ -25,7 +25,7 @@ from fastrl.buffer import Batch
 from fastrl.config import TrainConfig
 from fastrl.dqn import total_updates
 from fastrl.envs import EnvSpec
-from fastrl.fused_adam import FusedAdam
+from fastrl.fused_adam import FusedAdam, clip_grad_norm_, preallocate_grads
 from fastrl.schedules import learning_rate
 from fastrl.stacked_mlp import StackedMLP, Trace, backward
 from fastrl.targets import TargetUpdater, make_target_updater
@@ -98,24 +98,10 @@ def critic_input(obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
 UpdateFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-def preallocate_grads(module: nn.Module) -> None:
-    """Give every parameter a .grad tensor once; the backward pass overwrites them in place."""
-    for p in module.parameters():
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-
-
 def _grads(net: StackedMLP) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
     weights = [w.grad for w in net.weights]
     biases = [b.grad for b in net.biases]
     return weights, biases, weights + biases
-
-
-def _clip_grad_norm_(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
-    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    if max_norm > 0:  # a config switch, not a tensor value: the scale itself is branch-free
-        torch._foreach_mul_(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
-    return norm
 
 
 def make_update(actor: Actor, critic: StackedMLP, actor_target: Actor, critic_target: StackedMLP,
@@ -145,7 +131,7 @@ def make_update(actor: Actor, critic: StackedMLP, actor_target: Actor, critic_ta
         q = q_out[..., 0]
         loss = critic_loss(q, target)
         backward(critic_weights, trace, ((2.0 / batch) * (q - target)).unsqueeze(-1), critic_w_grads, critic_b_grads)
-        grad_norm = _clip_grad_norm_(critic_grads, max_grad_norm)
+        grad_norm = clip_grad_norm_(critic_grads, max_grad_norm)
         critic_opt.step()
 
         if update_actor:  # decided by the host's update counter, never by a tensor
@@ -159,7 +145,7 @@ def make_update(actor: Actor, critic: StackedMLP, actor_target: Actor, critic_ta
             d_pre = d_action * (half_width * (1.0 - tanh_out.square()))  # through action = mid + hw·tanh
             backward(actor_weights, actor_trace, d_pre, actor_w_grads, actor_b_grads)
             if max_grad_norm > 0:  # the actor's norm is not logged: compute it only to clip
-                _clip_grad_norm_(actor_grads, max_grad_norm)
+                clip_grad_norm_(actor_grads, max_grad_norm)
             actor_opt.step()
         return loss, q.mean(), grad_norm
 

@@ -274,6 +274,7 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
     vector_step = start.vector_step - 1
     failure: NonFiniteError | None = None
     forced_stop = False
+    eval_s = 0.0  # time in greedy evaluation: reported apart, so speed comparisons can leave it out
     t_loop = time.perf_counter()
 
     def counters() -> RunCounters:
@@ -307,7 +308,9 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
             save_now = not done and checkpoint_due(env_step, cfg.num_envs, cfg.checkpoint_every)
             evaluation = None
             if done or (cfg.eval_every and env_step - last_eval_step >= cfg.eval_every):
+                t_eval = time.perf_counter()
                 eval_returns = evaluate_policy(agent.greedy, eval_envs, cfg.eval_episodes)
+                eval_s += time.perf_counter() - t_eval
                 evaluation = mean_std(eval_returns)
                 best_eval = max(best_eval, evaluation[0])
                 last_eval_step = env_step
@@ -374,6 +377,7 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
     summary = {
         "env_id": cfg.env, "algo": cfg.algo, "seed": cfg.seed, "env_steps": env_step,
         "updates": agent.updates_done, "wall_s": start.wall_s + time.perf_counter() - t_start,
+        "eval_s": eval_s,
         "sps": (env_step - start.env_step) / max(loop_s, 1e-9),
         "final_eval_return_mean": eval_mean, "final_eval_return_std": eval_std,
         "final_eval_returns": eval_returns,

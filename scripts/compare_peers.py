@@ -38,38 +38,46 @@ class Workload:
     sb3_updates_per_transition: float  # gradient_steps / (train_freq * n_envs), filled per n_envs
 
 
-def dqn_workload(steps: int) -> Workload:
+def dqn_workload(steps: int, num_envs: int) -> Workload:
     # CleanRL dqn.py: batch 128, 120-84, lr 2.5e-4, buffer 10k, 10k learning starts, one update per
     # 10 transitions, target copied every 500 transitions (= 50 updates), eps 1 -> 0.05 over half.
     # SB3's DQN clips gradients at 10 with a Huber loss and no Double DQN: fastrl is set the same.
-    fastrl = dict(algo="dqn", env="CartPole-v1", total_steps=steps, num_envs=8, buffer_size=10_000,
-                  batch_size=128, learning_starts=10_000, train_every=5, updates_per_train=4, lr=2.5e-4,
+    # fastrl steps `num_envs` envs at once and trains every 5 vector steps, num_envs / 2 updates:
+    # the same 0.1 updates per transition.
+    if num_envs % 2:
+        raise SystemExit("compare_peers: --fastrl-envs must be even for DQN (num_envs / 2 updates every 5 steps)")
+    fastrl = dict(algo="dqn", env="CartPole-v1", total_steps=steps, num_envs=num_envs, buffer_size=10_000,
+                  batch_size=128, learning_starts=10_000, train_every=5, updates_per_train=num_envs // 2, lr=2.5e-4,
                   lr_schedule="constant", gamma=0.99, target_update="hard", target_period=50,
                   hidden_sizes=(120, 84), loss="huber", double_dqn=False, max_grad_norm=10.0,
-                  eps_start=1.0, eps_end=0.05, eps_fraction=0.5, eval_episodes=10, log_every=20_000)
+                  eps_start=1.0, eps_end=0.05, eps_fraction=0.5, eval_episodes=10, eval_every=0, log_every=20_000)
     sb3 = dict(learning_rate=2.5e-4, buffer_size=10_000, learning_starts=10_000, batch_size=128, tau=1.0,
                gamma=0.99, target_update_interval=500, exploration_fraction=0.5, exploration_initial_eps=1.0,
                exploration_final_eps=0.05, max_grad_norm=10.0, policy_kwargs=dict(net_arch=[120, 84]))
     return Workload("CartPole-v1", steps, fastrl, "DQN", sb3, 0.1)
 
 
-def td3_workload(steps: int) -> Workload:
+def td3_workload(steps: int, num_envs: int) -> Workload:
+    # One env and one update per step, as the peers run it (--fastrl-envs is ignored here).
     fastrl = dict(algo="td3", env="Pendulum-v1", total_steps=steps, num_envs=1, buffer_size=steps,
                   batch_size=256, learning_starts=min(5_000, steps // 2), train_every=1, updates_per_train=1,
                   lr=3e-4, gamma=0.99, tau=0.005, target_update="soft", policy_delay=2, hidden_sizes=(256, 256),
-                  exploration_noise=0.1, eval_episodes=10, log_every=5_000)
+                  exploration_noise=0.1, eval_episodes=10, eval_every=0, log_every=5_000)
     sb3 = dict(learning_rate=3e-4, buffer_size=steps, learning_starts=min(5_000, steps // 2), batch_size=256,
                tau=0.005, gamma=0.99, policy_delay=2, policy_kwargs=dict(net_arch=[256, 256]))
     return Workload("Pendulum-v1", steps, fastrl, "TD3", sb3, 1.0)
 
 
-def run_fastrl(work: Workload, seed: int, run_dir: Path) -> dict:
-    cfg = resolve({**work.fastrl, "seed": seed, "run_dir": str(run_dir / f"fastrl-{seed}"), "progress": False})
+def run_fastrl(work: Workload, seed: int, run_dir: Path, threads: int) -> dict:
+    cfg = resolve({**work.fastrl, "seed": seed, "run_dir": str(run_dir / f"fastrl-{seed}"), "progress": False,
+                   "threads": threads})
     t0 = time.perf_counter()
     spec, device = check_setup(cfg)
     summary = train(cfg, spec, device, t0)
-    return {"wall_s": time.perf_counter() - t0, "final_eval_return_mean": summary["final_eval_return_mean"],
-            "updates": summary["updates"], "env_steps": summary["env_steps"],
+    # The final greedy evaluation is timed apart and left out, as it is on the SB3 side.
+    return {"wall_s": time.perf_counter() - t0 - summary["eval_s"], "eval_s": summary["eval_s"],
+            "final_eval_return_mean": summary["final_eval_return_mean"],
+            "updates": summary["updates"], "env_steps": summary["env_steps"], "num_envs": cfg.num_envs,
             "updates_per_transition": summary["updates_per_transition"], "batch_size": cfg.batch_size}
 
 
@@ -99,7 +107,7 @@ def run_sb3(work: Workload, seed: int, n_envs: int) -> dict:
     mean, _std = evaluate_policy(model, eval_env, n_eval_episodes=10, deterministic=True)
     return {"wall_s": wall, "final_eval_return_mean": float(mean), "updates": int(model._n_updates),
             "env_steps": int(model.num_timesteps), "updates_per_transition": upt,
-            "batch_size": kwargs["batch_size"], "n_envs": n_envs}
+            "batch_size": kwargs["batch_size"], "num_envs": n_envs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="env steps (default: dqn 100k, td3 15k)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--sb3-envs", type=int, nargs="+", default=[1], help="SB3 vector sizes to run")
+    parser.add_argument("--fastrl-envs", type=int, default=32, help="fastrl's vector size for dqn (default 32)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads, the same for both sides (default 1, fastrl's CPU default)")
     parser.add_argument("--run-dir", default="runs/compare", help="fastrl run folders go here")
     parser.add_argument("--out", default=None, help="write all results as JSON here")
     args = parser.parse_args(argv)
@@ -123,19 +134,24 @@ def main(argv: list[str] | None = None) -> int:
             print("compare_peers: this fastrl has no td3 agent", file=sys.stderr)
             return 2
     work = (dqn_workload if args.workload == "dqn" else td3_workload)(
-        args.steps or (100_000 if args.workload == "dqn" else 15_000))
+        args.steps or (100_000 if args.workload == "dqn" else 15_000), args.fastrl_envs)
+    import matplotlib.pyplot  # noqa: F401  (fastrl plots its learning curve: keep the import out of the timing)
+
     results: dict[str, list[dict]] = {"fastrl": []}
     for seed in args.seeds:
-        results["fastrl"].append(run_fastrl(work, seed, Path(args.run_dir)))
+        results["fastrl"].append(run_fastrl(work, seed, Path(args.run_dir), args.threads))
+        torch.set_num_threads(args.threads)
         for n_envs in args.sb3_envs:
             results.setdefault(f"sb3_{n_envs}env", []).append(run_sb3(work, seed, n_envs))
     print(f"\n{args.workload} {work.env_id}, {work.total_steps} env steps, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"{'run':<10} {'seed':>4} {'wall s':>8} {'SPS':>8} {'updates':>8} {'upd/trans':>9} {'batch':>6} {'eval return':>11}")
+          f"{torch.get_num_threads()} threads; wall s = env and model creation + training (no eval)")
+    print(f"{'run':<10} {'seed':>4} {'envs':>4} {'wall s':>8} {'SPS':>8} {'updates':>8} {'upd/trans':>9} {'batch':>6} "
+          f"{'eval return':>11}")
     for name, rows in results.items():
         for seed, r in zip(args.seeds, rows):
-            print(f"{name:<10} {seed:>4} {r['wall_s']:>8.2f} {r['env_steps'] / r['wall_s']:>8.0f} {r['updates']:>8} "
-                  f"{r['updates_per_transition']:>9.3g} {r['batch_size']:>6} {r['final_eval_return_mean']:>11.1f}")
+            print(f"{name:<10} {seed:>4} {r['num_envs']:>4} {r['wall_s']:>8.2f} {r['env_steps'] / r['wall_s']:>8.0f} "
+                  f"{r['updates']:>8} {r['updates_per_transition']:>9.3g} {r['batch_size']:>6} "
+                  f"{r['final_eval_return_mean']:>11.1f}")
     ours = float(np.mean([r["wall_s"] for r in results["fastrl"]]))
     for name, rows in results.items():
         if name != "fastrl":

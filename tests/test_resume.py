@@ -227,7 +227,7 @@ def test_nan_in_weights_is_never_written_to_a_checkpoint(tmp_path, monkeypatch, 
     monkeypatch.setitem(train_mod.AGENT_BUILDERS, "dqn", poison(752, "weight"))
     assert train_mod.main(small_run(run)) == 3
     line = one_error_line(capsys)
-    assert "non-finite values in q.0.weight at env step 2000" in line, line
+    assert "non-finite values in q.weights.0 at env step 2000" in line, line
     assert "no checkpoint had been written yet" in line
     assert not (run / "checkpoint.pt").exists()
 
