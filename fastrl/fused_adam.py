@@ -20,25 +20,55 @@ def preallocate_grads(module: nn.Module) -> None:
             p.grad = torch.zeros_like(p)
 
 
+def flatten_parameters_(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move every parameter of `module`, and its gradient, into one contiguous tensor each, and
+    return those two (the parameters become views of the first, their `.grad`s views of the
+    second). The global-norm clip and the Adam step are then single-tensor ops: on the CI CPU the
+    clip over a 3-layer MLP's 6 tensors costs 50 us as lists and ~10 us flat.
+
+    Only for nets whose gradients are written explicitly (the hand-written backward): autograd may
+    replace a `.grad` instead of accumulating into it, which would cut the view. Call it after the
+    module is on its device; `.to()` would copy the parameters out of the shared storage."""
+    params = list(module.parameters())
+    total = sum(p.numel() for p in params)
+    flat = torch.empty(total, dtype=params[0].dtype, device=params[0].device)
+    flat_grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        flat[offset:offset + n].copy_(p.detach().reshape(-1))
+        p.data = flat[offset:offset + n].view_as(p)
+        p.grad = flat_grad[offset:offset + n].view_as(p)
+        offset += n
+    return flat, flat_grad
+
+
 def clip_grad_norm_(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     """Scale `grads` in place so that their global L2 norm is at most `max_norm` (0 = no clip);
     returns the norm before clipping. The scale is computed on the device: no host sync."""
-    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    if len(grads) == 1:  # flat gradients: one reduction, one scale
+        norm = torch.linalg.vector_norm(grads[0])
+    else:
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
     if max_norm > 0:  # a config switch, not a tensor value: the scale itself is branch-free
-        torch._foreach_mul_(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+        scale = torch.clamp_max_(torch.reciprocal(norm + 1e-6).mul_(max_norm), 1.0)
+        torch._foreach_mul_(grads, scale)
     return norm
 
 
 class FusedAdam:
-    def __init__(self, params: list[nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8):
-        if any(p.grad is None for p in params):
-            raise ValueError("FusedAdam needs every parameter's .grad preallocated")
+    """`params` are stepped with the gradients in `grads`, or by default their own `.grad`s (which
+    must exist); both may be the flat tensors of `flatten_parameters_`."""
+
+    def __init__(self, params: list[torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, grads: list[torch.Tensor] | None = None):
+        if grads is None and any(p.grad is None for p in params):
+            raise ValueError("FusedAdam needs every parameter's .grad preallocated (or grads=)")
         self.lr = lr
         self.betas = betas
         self.eps = eps
         self.params = [p.detach() for p in params]  # same storage: stepping these steps the parameters
-        self.grads = [p.grad for p in params]
+        self.grads = grads if grads is not None else [p.grad for p in params]
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
         # The step count for the bias correction: float32 on the parameters' device, as the kernel

@@ -25,7 +25,7 @@ from fastrl.buffer import Batch
 from fastrl.config import TrainConfig
 from fastrl.dqn import total_updates
 from fastrl.envs import EnvSpec
-from fastrl.fused_adam import FusedAdam, clip_grad_norm_, preallocate_grads
+from fastrl.fused_adam import FusedAdam, clip_grad_norm_, flatten_parameters_
 from fastrl.schedules import learning_rate
 from fastrl.stacked_mlp import StackedMLP, Trace, backward
 from fastrl.targets import TargetUpdater, make_target_updater
@@ -98,17 +98,16 @@ def critic_input(obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
 UpdateFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-def _grads(net: StackedMLP) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-    weights = [w.grad for w in net.weights]
-    biases = [b.grad for b in net.biases]
-    return weights, biases, weights + biases
+def _grads(net: StackedMLP) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    return [w.grad for w in net.weights], [b.grad for b in net.biases]
 
 
 def make_update(actor: Actor, critic: StackedMLP, actor_target: Actor, critic_target: StackedMLP,
                 critic_opt: FusedAdam, actor_opt: FusedAdam, gamma: float,
                 smoothing: bool, policy_noise: float, noise_clip: float, max_grad_norm: float) -> UpdateFn:
-    critic_w_grads, critic_b_grads, critic_grads = _grads(critic)
-    actor_w_grads, actor_b_grads, actor_grads = _grads(actor.net)
+    critic_w_grads, critic_b_grads = _grads(critic)
+    actor_w_grads, actor_b_grads = _grads(actor.net)
+    critic_grads, actor_grads = critic_opt.grads, actor_opt.grads  # clipped as the optimizers see them
     critic_weights = list(critic.weights)
     actor_weights = list(actor.net.weights)
     first_critic = slice(0, 1)  # the actor climbs Q₁ only (TD3); with one critic, that one
@@ -245,10 +244,11 @@ def _build(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile: b
     critic = StackedMLP(2 if twin else 1, obs_dim + low.numel(), cfg.hidden_sizes, 1).to(device)
     actor_target = copy.deepcopy(actor).requires_grad_(False)
     critic_target = copy.deepcopy(critic).requires_grad_(False)
-    preallocate_grads(actor)
-    preallocate_grads(critic)
-    critic_opt = FusedAdam(list(critic.parameters()), lr=cfg.lr)
-    actor_opt = FusedAdam(list(actor.parameters()), lr=cfg.actor_lr or cfg.lr)
+    # Each net's parameters (and gradients) share one flat tensor: clip and Adam are single-tensor ops.
+    critic_flat, critic_flat_grad = flatten_parameters_(critic)
+    actor_flat, actor_flat_grad = flatten_parameters_(actor)
+    critic_opt = FusedAdam([critic_flat], lr=cfg.lr, grads=[critic_flat_grad])
+    actor_opt = FusedAdam([actor_flat], lr=cfg.actor_lr or cfg.lr, grads=[actor_flat_grad])
     update_fn = make_update(actor, critic, actor_target, critic_target, critic_opt, actor_opt, cfg.gamma,
                             twin, cfg.policy_noise, cfg.noise_clip, cfg.max_grad_norm)
     if use_compile:

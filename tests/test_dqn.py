@@ -9,7 +9,7 @@ from torch import nn
 
 from fastrl.dqn import build_dqn, make_mlp_update, make_update, td_target
 from fastrl.envs import lookup_spec
-from fastrl.fused_adam import FusedAdam, preallocate_grads
+from fastrl.fused_adam import FusedAdam, flatten_parameters_, preallocate_grads
 from fastrl.stacked_mlp import StackedMLP
 from fastrl.train import check_setup, train
 
@@ -53,8 +53,8 @@ def _learner(seed=0):
     torch.manual_seed(seed)
     q = StackedMLP(1, 4, (32, 32), 2)
     q_target = copy.deepcopy(q).requires_grad_(False)
-    preallocate_grads(q)
-    return q, q_target, FusedAdam(list(q.parameters()), lr=1e-3)
+    flat, flat_grad = flatten_parameters_(q)  # as build_dqn lays it out
+    return q, q_target, FusedAdam([flat], lr=1e-3, grads=[flat_grad])
 
 
 @pytest.mark.parametrize("loss,double,clip", [("huber", True, 10.0), ("huber", False, 0.05), ("mse", False, 0.0)])
@@ -77,6 +77,22 @@ def test_hand_written_update_equals_autograd(loss, double, clip):
     for m, a in zip(q1.parameters(), q2.parameters()):
         torch.testing.assert_close(m, a, rtol=1e-5, atol=1e-6)
     assert not torch.equal(q1.weights[0], t1.weights[0])  # the steps did move the net
+
+
+def test_flat_parameters_are_the_module_parameters():
+    q = StackedMLP(1, 3, (5,), 2)
+    before = {k: v.clone() for k, v in q.state_dict().items()}
+    flat, flat_grad = flatten_parameters_(q)
+    assert flat.numel() == sum(p.numel() for p in q.parameters())
+    for k, v in q.state_dict().items():
+        assert torch.equal(v, before[k]) and v.data_ptr() >= flat.data_ptr()
+    flat.add_(1.0)  # a step on the flat tensor is a step on every parameter
+    for k, v in q.state_dict().items():
+        assert torch.equal(v, before[k] + 1.0)
+    flat_grad.fill_(2.0)
+    assert all(bool((p.grad == 2.0).all()) for p in q.parameters())
+    q.load_state_dict(before)  # loading writes through the views
+    assert torch.equal(flat[: q.weights[0].numel()], before["weights.0"].reshape(-1))
 
 
 def test_compiled_update_equals_eager():
