@@ -27,7 +27,7 @@ from fastrl.checkpoint import (
     CHECKPOINT_NAME, RunCounters, env_seed, load_run_checkpoint, save_checkpoint, set_rng_state, training_payload,
 )
 from fastrl.config import (
-    ALGOS, DEVICES, LOSSES, LR_SCHEDULES, TARGET_UPDATES, ConfigError, TrainConfig, describe_presets,
+    ALGOS, DEVICES, LOSSES, LR_SCHEDULES, TARGET_UPDATES, ConfigError, TrainConfig, auto_threads, describe_presets,
     load_config_file, resolve, validate, validate_for_env,
 )
 from fastrl.dqn import build_dqn
@@ -40,6 +40,7 @@ from fastrl.progress import Progress
 from fastrl.runlog import RunLog, played_action_entropy, plot_learning_curve, write_summary
 
 EXIT_BAD_SETTING = 2
+TORCH_DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice (the cores), before any run changes it
 EXIT_NON_FINITE = 3
 # Settings a resumed run may change: neither alters what the run computes up to its old end.
 RESUME_OVERRIDES = ("total_steps", "progress")
@@ -69,7 +70,7 @@ HELP = {
     "noise_clip": "TD3 target smoothing clip (fraction of half-width)",
     "policy_delay": "critic updates per actor update", "actor_lr": "actor learning rate (default: --lr)",
     "device": "auto picks cuda when available",
-    "threads": "torch intra-op threads (0 = auto: 1 on CPU)", "compile": "torch.compile the update (default: on for CUDA)",
+    "threads": "torch intra-op threads (0 = auto: on CPU, all cores from batch 256 at width 256, else 1)", "compile": "torch.compile the update (default: on for CUDA)",
     "run_dir": "run folder (default runs/<env>-<algo>-<seed>-<time>)",
     "eval_episodes": "greedy episodes per evaluation", "eval_every": "env steps between evaluations (0 = end only)",
     "log_every": "env steps between metric rows",
@@ -238,7 +239,7 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
     stop = stop if stop is not None else StopRequest()  # no handler: never requested
     use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
     if cfg.threads or device.type == "cpu":
-        torch.set_num_threads(cfg.threads or 1)
+        torch.set_num_threads(cfg.threads or auto_threads(cfg.batch_size, cfg.hidden_sizes, TORCH_DEFAULT_THREADS))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     start = RunCounters(**resume["counters"]) if resume is not None else RunCounters()

@@ -3,6 +3,7 @@
     pip install -e '.[peers]'
     python scripts/compare_peers.py dqn            # DQN CartPole-v1, CleanRL's settings, 100k steps
     python scripts/compare_peers.py td3            # TD3 Pendulum-v1, batch 256, 256-256, UTD 1
+    python scripts/compare_peers.py ddpg --threads 2   # DDPG, same settings; both sides on 2 threads
     python scripts/compare_peers.py dqn --sb3-envs 1 8 --out cmp.json
 
 Wall time covers env creation, model creation and training on both sides; imports are excluded.
@@ -68,6 +69,17 @@ def td3_workload(steps: int, num_envs: int) -> Workload:
     return Workload("Pendulum-v1", steps, fastrl, "TD3", sb3, 1.0)
 
 
+def ddpg_workload(steps: int, num_envs: int) -> Workload:
+    # As td3_workload, with one critic, no target smoothing and an actor step after every critic step.
+    work = td3_workload(steps, num_envs)
+    fastrl = {**work.fastrl, "algo": "ddpg", "policy_delay": 1}
+    sb3 = {k: v for k, v in work.sb3_kwargs.items() if k != "policy_delay"}
+    return Workload(work.env_id, steps, fastrl, "DDPG", sb3, 1.0)
+
+
+WORKLOADS = {"dqn": dqn_workload, "td3": td3_workload, "ddpg": ddpg_workload}
+
+
 def run_fastrl(work: Workload, seed: int, run_dir: Path, threads: int) -> dict:
     cfg = resolve({**work.fastrl, "seed": seed, "run_dir": str(run_dir / f"fastrl-{seed}"), "progress": False,
                    "threads": threads})
@@ -112,7 +124,7 @@ def run_sb3(work: Workload, seed: int, n_envs: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("workload", choices=("dqn", "td3"))
+    parser.add_argument("workload", choices=tuple(WORKLOADS))
     parser.add_argument("--steps", type=int, default=None, help="env steps (default: dqn 100k, td3 15k)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--sb3-envs", type=int, nargs="+", default=[1], help="SB3 vector sizes to run")
@@ -127,15 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("compare_peers: stable-baselines3 is not installed; pip install -e '.[peers]'", file=sys.stderr)
         return 2
-    if args.workload == "td3":
-        from fastrl.train import AGENT_BUILDERS
-
-        if "td3" not in AGENT_BUILDERS:
-            print("compare_peers: this fastrl has no td3 agent", file=sys.stderr)
-            return 2
-    work = (dqn_workload if args.workload == "dqn" else td3_workload)(
-        args.steps or (100_000 if args.workload == "dqn" else 15_000), args.fastrl_envs)
-    import matplotlib.pyplot  # noqa: F401  (fastrl plots its learning curve: keep the import out of the timing)
+    work = WORKLOADS[args.workload](args.steps or (100_000 if args.workload == "dqn" else 15_000), args.fastrl_envs)
+    # Imports stay out of the timing on both sides: fastrl plots its learning curve with matplotlib
+    # and builds envpool envs (whose import registers every env id).
+    import envpool  # noqa: F401
+    import matplotlib.pyplot  # noqa: F401
 
     results: dict[str, list[dict]] = {"fastrl": []}
     for seed in args.seeds:

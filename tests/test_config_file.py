@@ -53,3 +53,12 @@ def test_bad_config_files_are_one_line_errors(name, text, hint, tmp_path, capsys
     line = error_line(capsys)
     assert line.startswith("python -m fastrl.train: error: --") and hint in line, line
     assert not (tmp_path / "run").exists()
+
+
+def test_auto_threads_uses_every_core_only_for_big_gemms():
+    from fastrl.config import auto_threads
+
+    assert auto_threads(256, (256, 256), cores=2) == 2  # TD3/DDPG peer settings: GEMM-bound
+    assert auto_threads(128, (256, 256), cores=2) == 1  # the DQN CartPole preset: per-op bound
+    assert auto_threads(128, (120, 84), cores=4) == 1
+    assert auto_threads(1024, (512,), cores=4) == 4

@@ -1,0 +1,101 @@
+"""FLOPs per update, this machine's GEMM rate, and what fraction of that ceiling fastrl reaches.
+
+    python scripts/flop_ceiling.py                      # TD3 and DDPG Pendulum (peer settings), DQN CartPole
+    python scripts/flop_ceiling.py --threads 1 2
+
+FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` on the real `agent.update` (matrix
+products only: mm/bmm/baddbmm, 2 FLOPs per multiply-add; the elementwise work is left out, so the
+ceiling is optimistic). The GEMM rate is the best of square fp32 matmuls of a few sizes, timed here
+with the same threads. The ceiling in updates/s is rate / FLOPs per update; one update per env step
+makes it the SPS ceiling (env stepping and acting are left out, so it is again optimistic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from fastrl.buffer import Batch
+from fastrl.config import resolve
+from fastrl.dqn import build_dqn
+from fastrl.envs import lookup_spec
+from fastrl.td3 import build_ddpg, build_td3
+
+WORKLOADS = {  # peer settings: batch 256, 256-256 (TD3/DDPG); CleanRL's DQN CartPole net
+    "td3": (build_td3, dict(algo="td3", env="Pendulum-v1", batch_size=256, hidden_sizes=(256, 256), policy_delay=2)),
+    "ddpg": (build_ddpg, dict(algo="ddpg", env="Pendulum-v1", batch_size=256, hidden_sizes=(256, 256))),
+    "dqn": (build_dqn, dict(algo="dqn", env="CartPole-v1", batch_size=128, hidden_sizes=(120, 84))),
+}
+
+
+def gemm_rate(sizes: tuple[int, ...] = (256, 512, 1024), repeats: int = 20) -> float:
+    """Best fp32 matmul FLOP/s over a few square sizes."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        for _ in range(3):
+            a @ b
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - t0))
+    return best
+
+
+def random_batch(spec, batch: int, generator: torch.Generator) -> Batch:
+    obs_dim = spec.obs_shape[0]
+    if spec.discrete:
+        actions = torch.randint(0, spec.num_actions, (batch,), generator=generator).float()
+    else:
+        low, high = torch.tensor(spec.action_low), torch.tensor(spec.action_high)
+        actions = low + (high - low) * torch.rand(batch, len(spec.action_low), generator=generator)
+    return Batch(torch.randn(batch, obs_dim, generator=generator), actions, torch.randn(batch, generator=generator),
+                 torch.randn(batch, obs_dim, generator=generator), torch.zeros(batch))
+
+
+def measure(name: str, threads: int, repeats: int) -> dict:
+    build, settings = WORKLOADS[name]
+    cfg = resolve(settings)
+    spec = lookup_spec(cfg.env)
+    agent = build(spec, cfg, torch.device("cpu"), False)
+    generator = torch.Generator().manual_seed(0)
+    batches = [random_batch(spec, cfg.batch_size, generator) for _ in range(8)]
+    # Count over a whole actor cycle (policy_delay updates), so TD3's every-other actor step is averaged in.
+    cycle = cfg.policy_delay if name != "dqn" else 1
+    with FlopCounterMode(display=False) as counter:
+        for i in range(cycle):
+            agent.update(batches[i])
+    flops = counter.get_total_flops() / cycle
+    for b in batches:
+        agent.update(b)
+    t0 = time.perf_counter()
+    for i in range(repeats):
+        agent.update(batches[i % len(batches)])
+    seconds = (time.perf_counter() - t0) / repeats
+    return {"flops": flops, "update_s": seconds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algos", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=200)
+    args = parser.parse_args(argv)
+    print(f"{'threads':>7} {'algo':>5} {'MFLOP/update':>12} {'GEMM GFLOP/s':>12} {'ceiling upd/s':>13} "
+          f"{'update ms':>9} {'upd/s':>7} {'of ceiling':>10}")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        rate = gemm_rate()
+        for name in args.algos:
+            r = measure(name, threads, args.repeats)
+            ceiling = rate / r["flops"]
+            print(f"{threads:>7} {name:>5} {r['flops'] / 1e6:>12.1f} {rate / 1e9:>12.1f} {ceiling:>13.0f} "
+                  f"{r['update_s'] * 1e3:>9.3f} {1 / r['update_s']:>7.0f} {1 / r['update_s'] / ceiling:>10.0%}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
