@@ -129,7 +129,7 @@ def test_dqn_learns_cartpole_seeded(tmp_path):
     spec, device = check_setup(cfg)
     summary = train(cfg, spec, device, 0.0)
     assert summary["final_eval_return_mean"] >= 475, summary
-    assert summary["updates"] > 0 and summary["env_steps"] == 50_000
+    assert summary["updates"] > 0 and summary["env_steps"] == 60_000
     for name in ("config.json", "metrics.csv", "summary.json", "checkpoint.pt", "learning_curve.png"):
         assert (tmp_path / "run" / name).exists(), name
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
