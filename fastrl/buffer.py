@@ -251,10 +251,12 @@ class ReplayBuffer:
         pairs = self._pairs.index_select(0, flat).view(*lead, 2 * self._row_width)
         d, a = self._obs_size, self._act_size
         if self._packed:
-            obs, rewards, terminated, actions, next_obs, _ = pairs.split([d, 1, 1, a, d, 2 + a], dim=-1)
+            # split_with_sizes: Tensor.split's Python wrapper costs ~4 us per call here
+            obs, rewards, terminated, actions, next_obs, _ = pairs.split_with_sizes([d, 1, 1, a, d, 2 + a], dim=-1)
         else:
-            obs, next_obs = pairs.split([d, d], dim=-1)
-            rewards, terminated, actions = self.scalars.index_select(0, flat).view(*lead, 2 + a).split([1, 1, a], dim=-1)
+            obs, next_obs = pairs.split_with_sizes([d, d], dim=-1)
+            rewards, terminated, actions = self.scalars.index_select(0, flat).view(*lead, 2 + a).split_with_sizes(
+                [1, 1, a], dim=-1)
         return Batch(
             obs.view(*lead, *self.obs_shape) if len(self.obs_shape) != 1 else obs,
             actions.view(*lead, *self.action_shape) if self.action_shape != (a,) else actions,
