@@ -1,7 +1,8 @@
 """Same workload through fastrl and Stable-Baselines3, in one run, on this machine; prints the ratio.
 
     pip install -e '.[peers]'
-    python scripts/compare_peers.py dqn            # DQN CartPole-v1, CleanRL's settings, 100k steps
+    python scripts/compare_peers.py dqn            # DQN CartPole-v1, CleanRL's settings (MSE), 100k steps
+    python scripts/compare_peers.py dqn --dqn-loss huber   # the same with SB3's Huber loss clipped at 10
     python scripts/compare_peers.py td3            # TD3 Pendulum-v1, batch 256, 256-256, UTD 1
     python scripts/compare_peers.py ddpg --threads 2   # DDPG, same settings; both sides on 2 threads
     python scripts/compare_peers.py dqn --sb3-envs 1 8 --out cmp.json
@@ -15,10 +16,13 @@ beside it, so it compares equal learning too.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
 import time
+import types
+import unittest.mock
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,25 +41,29 @@ class Workload:
     sb3_algo: str
     sb3_kwargs: dict
     sb3_updates_per_transition: float  # gradient_steps / (train_freq * n_envs), filled per n_envs
+    sb3_mse_loss: bool = False  # SB3's DQN hard-codes the Huber loss: swap in MSE for its run
 
 
-def dqn_workload(steps: int, num_envs: int) -> Workload:
+def dqn_workload(steps: int, num_envs: int, loss: str = "mse") -> Workload:
     # CleanRL dqn.py: batch 128, 120-84, lr 2.5e-4, buffer 10k, 10k learning starts, one update per
-    # 10 transitions, target copied every 500 transitions (= 50 updates), eps 1 -> 0.05 over half.
-    # SB3's DQN clips gradients at 10 with a Huber loss and no Double DQN: fastrl is set the same.
+    # 10 transitions, target copied every 500 transitions (= 50 updates), eps 1 -> 0.05 over half,
+    # MSE loss, no gradient clipping, no Double DQN. SB3's DQN defaults to a Huber loss clipped at
+    # norm 10; `loss="huber"` sets both sides that way. (At these settings the Huber runs diverge
+    # on both sides: their Q values grow without bound and neither learns; see BENCHMARKS.md.)
     # fastrl steps `num_envs` envs at once and trains every 5 vector steps, num_envs / 2 updates:
     # the same 0.1 updates per transition.
     if num_envs % 2:
         raise SystemExit("compare_peers: --fastrl-envs must be even for DQN (num_envs / 2 updates every 5 steps)")
+    clip = 10.0 if loss == "huber" else 0.0
     fastrl = dict(algo="dqn", env="CartPole-v1", total_steps=steps, num_envs=num_envs, buffer_size=10_000,
                   batch_size=128, learning_starts=10_000, train_every=5, updates_per_train=num_envs // 2, lr=2.5e-4,
                   lr_schedule="constant", gamma=0.99, target_update="hard", target_period=50,
-                  hidden_sizes=(120, 84), loss="huber", double_dqn=False, max_grad_norm=10.0,
+                  hidden_sizes=(120, 84), loss=loss, double_dqn=False, max_grad_norm=clip,
                   eps_start=1.0, eps_end=0.05, eps_fraction=0.5, eval_episodes=10, eval_every=0, log_every=20_000)
     sb3 = dict(learning_rate=2.5e-4, buffer_size=10_000, learning_starts=10_000, batch_size=128, tau=1.0,
                gamma=0.99, target_update_interval=500, exploration_fraction=0.5, exploration_initial_eps=1.0,
-               exploration_final_eps=0.05, max_grad_norm=10.0, policy_kwargs=dict(net_arch=[120, 84]))
-    return Workload("CartPole-v1", steps, fastrl, "DQN", sb3, 0.1)
+               exploration_final_eps=0.05, max_grad_norm=clip or math.inf, policy_kwargs=dict(net_arch=[120, 84]))
+    return Workload("CartPole-v1", steps, fastrl, "DQN", sb3, 0.1, sb3_mse_loss=loss == "mse")
 
 
 def td3_workload(steps: int, num_envs: int) -> Workload:
@@ -110,10 +118,17 @@ def run_sb3(work: Workload, seed: int, n_envs: int) -> dict:
             from stable_baselines3.common.noise import NormalActionNoise
 
             kwargs["action_noise"] = NormalActionNoise(np.zeros(1), 0.1 * 2.0 * np.ones(1))
+    loss_swap = contextlib.nullcontext()
+    if work.sb3_mse_loss:  # SB3's DQN module calls F.smooth_l1_loss; only that module sees MSE instead
+        import stable_baselines3.dqn.dqn as sb3_dqn
+
+        functional = types.SimpleNamespace(**{**vars(torch.nn.functional), "smooth_l1_loss": torch.nn.functional.mse_loss})
+        loss_swap = unittest.mock.patch.object(sb3_dqn, "F", functional)
     t0 = time.perf_counter()
-    env = make_vec_env(work.env_id, n_envs=n_envs, seed=seed)
-    model = getattr(sb3, work.sb3_algo)("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **kwargs)
-    model.learn(total_timesteps=work.total_steps)
+    with loss_swap:
+        env = make_vec_env(work.env_id, n_envs=n_envs, seed=seed)
+        model = getattr(sb3, work.sb3_algo)("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **kwargs)
+        model.learn(total_timesteps=work.total_steps)
     wall = time.perf_counter() - t0
     eval_env = make_vec_env(work.env_id, n_envs=1, seed=seed + 100_003)
     mean, _std = evaluate_policy(model, eval_env, n_eval_episodes=10, deterministic=True)
@@ -128,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="env steps (default: dqn 100k, td3 15k)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--sb3-envs", type=int, nargs="+", default=[1], help="SB3 vector sizes to run")
-    parser.add_argument("--fastrl-envs", type=int, default=32, help="fastrl's vector size for dqn (default 32)")
+    parser.add_argument("--fastrl-envs", type=int, default=64, help="fastrl's vector size for dqn (default 64)")
+    parser.add_argument("--dqn-loss", choices=("mse", "huber"), default="mse",
+                        help="dqn: CleanRL's MSE without clipping (default), or SB3's Huber clipped at 10")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads, the same for both sides (default 1, fastrl's CPU default)")
     parser.add_argument("--run-dir", default="runs/compare", help="fastrl run folders go here")
@@ -139,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("compare_peers: stable-baselines3 is not installed; pip install -e '.[peers]'", file=sys.stderr)
         return 2
-    work = WORKLOADS[args.workload](args.steps or (100_000 if args.workload == "dqn" else 15_000), args.fastrl_envs)
+    steps = args.steps or (100_000 if args.workload == "dqn" else 15_000)
+    work = (dqn_workload(steps, args.fastrl_envs, args.dqn_loss) if args.workload == "dqn"
+            else WORKLOADS[args.workload](steps, args.fastrl_envs))
     # Imports stay out of the timing on both sides: fastrl plots its learning curve with matplotlib
     # and builds envpool envs (whose import registers every env id).
     import envpool  # noqa: F401

@@ -5,10 +5,11 @@
     python scripts/profile_train.py --out prof/ --device cuda --compile
 
 Builds the preset's envs, agent and replay buffer from fastrl's public pieces and drives them in a
-short loop with the same order of calls as `fastrl.train.train` (act, env step, buffer add; every
-`train_every` vector steps one sample of k mini-batches and k updates), inside named ranges:
-rollout, act, env step, buffer add, train phase, sample, update, target update (also NVTX ranges
-on CUDA, for Nsight Systems). The buffer is first filled for `learning_starts` steps with random
+short loop with the same order of calls as `fastrl.train.train` (act, env send; every
+`train_every` vector steps one sample of k mini-batches and k updates; env recv, buffer add),
+inside named ranges: rollout, act, env send, env recv, buffer add, train phase, sample, update,
+target update (also NVTX ranges on CUDA, for Nsight Systems). "env recv" after a train phase is
+the part of the env step the updates did not hide. The buffer is first filled for `learning_starts` steps with random
 actions, and one window runs unprofiled so that first-call costs (allocations, compilation) stay
 out of the trace. Writes DIR/trace_<algo>_<env>_<device>.json (open it in chrome://tracing or
 https://ui.perfetto.dev) and DIR/top_ops.txt, and prints the time per named range and the top ops
@@ -34,7 +35,7 @@ from fastrl.envs import TorchVecEnv
 from fastrl.train import AGENT_BUILDERS, check_setup
 
 DEFAULT_ENV = {"dqn": "CartPole-v1", "ddpg": "Pendulum-v1", "td3": "Pendulum-v1"}
-RANGES = ("rollout", "act", "env step", "buffer add", "train phase", "sample", "update", "target update")
+RANGES = ("rollout", "act", "env send", "env recv", "env recv after train", "buffer add", "train phase", "sample", "update", "target update")
 
 
 @contextlib.contextmanager
@@ -96,16 +97,16 @@ def parse_settings(items: list[str]) -> dict[str, Any]:
 
 def range_table(prof: profile, wall_s: float, cuda: bool) -> str:
     """Total time inside each named range over the profiled windows (ranges nest: "update"
-    includes "target update", "rollout" includes act, env step and buffer add)."""
+    includes "target update", "rollout" includes act, env send, env recv and buffer add)."""
     events = {e.key: e for e in prof.key_averages() if e.key in RANGES}
-    lines = [f"{'range':<14} {'calls':>7} {'CPU total ms':>13} {'% of wall':>9}"
+    lines = [f"{'range':<21} {'calls':>7} {'CPU total ms':>13} {'% of wall':>9}"
              + (f" {'CUDA total ms':>14}" if cuda else "")]
     for name in RANGES:
         if name not in events:
             continue
         e = events[name]
         cpu_ms = e.cpu_time_total / 1e3
-        row = f"{name:<14} {e.count:>7} {cpu_ms:>13.2f} {100 * cpu_ms / 1e3 / wall_s:>8.1f}%"
+        row = f"{name:<21} {e.count:>7} {cpu_ms:>13.2f} {100 * cpu_ms / 1e3 / wall_s:>8.1f}%"
         if cuda:
             row += f" {e.device_time_total / 1e3:>14.2f}"
         lines.append(row)
@@ -143,23 +144,30 @@ def main(argv: list[str] | None = None) -> int:
         obs, env_step = step.next_obs, env_step + cfg.num_envs
 
     def run_window() -> None:
+        # The trainer's order: act, send the actions, train while envpool's threads step the envs,
+        # then receive the step and store it. "env recv" is the time left waiting for the envs:
+        # after a train phase it shows how much of the env step the updates hid.
         nonlocal obs, env_step
         for vector_step in range(window):
             with named_range("rollout", cuda):
                 with named_range("act", cuda):
                     actions = agent.act(obs, env_step)
-                with named_range("env step", cuda):
-                    step = envs.step(actions)
+                with named_range("env send", cuda):
+                    envs.send(actions)
+            trained = (vector_step + 1) % cfg.train_every == 0
+            if trained:
+                with named_range("train phase", cuda):
+                    with named_range("sample", cuda):
+                        batches = buffer.sample(cfg.updates_per_train, cfg.batch_size).unbind()
+                    for batch in batches:
+                        with named_range("update", cuda):
+                            agent.update(batch)
+            with named_range("rollout", cuda):
+                with named_range("env recv after train" if trained else "env recv", cuda):
+                    step = envs.recv()
                 with named_range("buffer add", cuda):
                     buffer.add(obs, actions, step.reward, step.terminated, valid=~step.is_reset_step)
             obs, env_step = step.next_obs, env_step + cfg.num_envs
-            if (vector_step + 1) % cfg.train_every == 0:
-                with named_range("train phase", cuda):
-                    with named_range("sample", cuda):
-                        batches = buffer.sample(cfg.updates_per_train, cfg.batch_size)
-                    for k in range(cfg.updates_per_train):
-                        with named_range("update", cuda):
-                            agent.update(batches[k])
         if cuda:  # the window's GPU work belongs to the window
             torch.cuda.synchronize(device)
 
