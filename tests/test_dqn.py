@@ -163,3 +163,34 @@ def test_breakout_runs_end_to_end_with_one_observation_per_transition(tmp_path):
     summary = train(cfg, spec, device, 0.0)
     assert summary["env_steps"] == 5_000 and summary["updates"] > 0
     assert summary["buffer_bytes_per_transition"] <= 1.1 * 84 * 84 * 4 + 64
+
+
+def test_cnn_autograd_update_steps_like_torch_adam():
+    """The image path: backward accumulates into the preallocated grads that FusedAdam steps (a
+    replaced .grad would leave Adam stepping zeros). Same weights as torch.optim.Adam after 3 steps."""
+    from fastrl.networks import NatureCNN
+
+    torch.manual_seed(0)
+    q1 = NatureCNN((4, 36, 36), (32,), 3)
+    q2, target = copy.deepcopy(q1), copy.deepcopy(q1).requires_grad_(False)
+    preallocate_grads(q1)
+    update = make_update(q1, target, FusedAdam(list(q1.parameters()), lr=1e-3), 0.99, True, "huber", 10.0)
+    reference = torch.optim.Adam(q2.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        obs = torch.randint(0, 255, (16, 4, 36, 36), generator=g, dtype=torch.uint8)
+        next_obs = torch.randint(0, 255, (16, 4, 36, 36), generator=g, dtype=torch.uint8)
+        actions, rewards = torch.randint(0, 3, (16,), generator=g), torch.rand(16, generator=g)
+        terminated = torch.zeros(16)
+        update(obs, actions.float(), rewards, next_obs, terminated)
+        with torch.no_grad():
+            best = q2(next_obs).argmax(-1, keepdim=True)
+            y = rewards + 0.99 * target(next_obs).gather(-1, best).squeeze(-1)
+        loss = torch.nn.functional.smooth_l1_loss(q2(obs).gather(-1, actions.unsqueeze(-1)).squeeze(-1), y)
+        reference.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(q2.parameters(), 10.0)
+        reference.step()
+    for a, b in zip(q1.parameters(), q2.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(q1.head[-1].weight, target.head[-1].weight)
