@@ -124,19 +124,19 @@ class _EnvpoolDirectIO:
     ACTION_KEYS = ["env_id", "players.env_id", "action"]
     STATE_KEYS = ("obs", "reward", "done", "trunc", "info:env_id")
 
-    def __init__(self, envs, num_envs: int):
+    def __init__(self, envs, env_ids: np.ndarray):
         keys = list(envs._state_keys)
         self._obs, self._reward, self._done, self._trunc, self._env_id = (keys.index(k) for k in self.STATE_KEYS)
         self._action_dtype = np.dtype(envs._spec._action_spec[-1][0])
-        self._env_ids = np.arange(num_envs, dtype=np.int32)
+        self._env_ids = env_ids  # int32, every env: the ids of the envs acted on, and their players
         self._send, self._recv = envs._send, envs._recv
 
     @classmethod
-    def create(cls, envs, num_envs: int) -> _EnvpoolDirectIO | None:
+    def create(cls, envs, env_ids: np.ndarray) -> _EnvpoolDirectIO | None:
         try:
             fits = (list(envs._action_keys) == cls.ACTION_KEYS and all(k in envs._state_keys for k in cls.STATE_KEYS)
                     and envs.config.get("max_num_players", 1) == 1)
-            return cls(envs, num_envs) if fits else None
+            return cls(envs, env_ids) if fits else None
         except (AttributeError, TypeError, ValueError):  # another envpool version: use its public API
             return None
 
@@ -172,7 +172,7 @@ class TorchVecEnv:
             self._high = np.asarray(spec.action_high, dtype=np.float32).reshape(spec.action_shape)
         self._pin = device.type == "cuda"
         self._env_ids = np.arange(num_envs, dtype=np.int32)
-        self._direct = _EnvpoolDirectIO.create(self._envs, num_envs) if spec.backend == "envpool" else None
+        self._direct = _EnvpoolDirectIO.create(self._envs, self._env_ids) if spec.backend == "envpool" else None
         self._sent_once = False
 
     @staticmethod

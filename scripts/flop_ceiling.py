@@ -13,16 +13,19 @@ makes it the SPS ceiling (env stepping and acting are left out, so it is again o
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fastrl.buffer import Batch
-from fastrl.config import resolve
-from fastrl.dqn import build_dqn
-from fastrl.envs import lookup_spec
-from fastrl.td3 import build_ddpg, build_td3
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for the benchmarks' helpers
+from benchmarks.common import random_batch  # noqa: E402
+from fastrl.config import resolve  # noqa: E402
+from fastrl.dqn import build_dqn  # noqa: E402
+from fastrl.envs import lookup_spec  # noqa: E402
+from fastrl.td3 import build_ddpg, build_td3  # noqa: E402
 
 WORKLOADS = {  # peer settings: batch 256, 256-256 (TD3/DDPG); CleanRL's DQN CartPole net
     "td3": (build_td3, dict(algo="td3", env="Pendulum-v1", batch_size=256, hidden_sizes=(256, 256), policy_delay=2)),
@@ -45,24 +48,12 @@ def gemm_rate(sizes: tuple[int, ...] = (256, 512, 1024), repeats: int = 20) -> f
     return best
 
 
-def random_batch(spec, batch: int, generator: torch.Generator) -> Batch:
-    obs_dim = spec.obs_shape[0]
-    if spec.discrete:
-        actions = torch.randint(0, spec.num_actions, (batch,), generator=generator).float()
-    else:
-        low, high = torch.tensor(spec.action_low), torch.tensor(spec.action_high)
-        actions = low + (high - low) * torch.rand(batch, len(spec.action_low), generator=generator)
-    return Batch(torch.randn(batch, obs_dim, generator=generator), actions, torch.randn(batch, generator=generator),
-                 torch.randn(batch, obs_dim, generator=generator), torch.zeros(batch))
-
-
-def measure(name: str, threads: int, repeats: int) -> dict:
+def measure(name: str, repeats: int) -> dict:
     build, settings = WORKLOADS[name]
     cfg = resolve(settings)
     spec = lookup_spec(cfg.env)
     agent = build(spec, cfg, torch.device("cpu"), False)
-    generator = torch.Generator().manual_seed(0)
-    batches = [random_batch(spec, cfg.batch_size, generator) for _ in range(8)]
+    batches = [random_batch(spec, cfg.batch_size, torch.device("cpu"), seed) for seed in range(8)]
     # Count over a whole actor cycle (policy_delay updates), so TD3's every-other actor step is averaged in.
     cycle = cfg.policy_delay if name != "dqn" else 1
     with FlopCounterMode(display=False) as counter:
@@ -90,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(threads)
         rate = gemm_rate()
         for name in args.algos:
-            r = measure(name, threads, args.repeats)
+            r = measure(name, args.repeats)
             ceiling = rate / r["flops"]
             print(f"{threads:>7} {name:>5} {r['flops'] / 1e6:>12.1f} {rate / 1e9:>12.1f} {ceiling:>13.0f} "
                   f"{r['update_s'] * 1e3:>9.3f} {1 / r['update_s']:>7.0f} {1 / r['update_s'] / ceiling:>10.0%}")
