@@ -128,6 +128,12 @@ class ReplayBuffer:
         self._frames_np = self.frames.numpy() if on_cpu else None
         self._scalars_np = self.scalars.numpy() if (on_cpu and self.scalars is not None) else None
         self._ring_np = self._ring.numpy() if on_cpu else None
+        # [num_envs, stride, width] views: a vector step's rows are one basic slice [:, slot].
+        stream_rows = num_envs * self._stride
+        self._streams_np = (self._frames_np[:stream_rows].reshape(num_envs, self._stride, -1)
+                            if on_cpu else None)
+        self._scalar_streams_np = (self._scalars_np[:stream_rows].reshape(num_envs, self._stride, -1)
+                                   if self._scalars_np is not None else None)
 
         self._head = 0  # ring position of the oldest sampleable entry
         self._size = 0  # number of sampleable entries
@@ -185,6 +191,9 @@ class ReplayBuffer:
         an auto-reset step (not a real transition). Bookkeeping is vectorized over the S steps, so
         a rollout chunk costs about as much as one step."""
         valid = np.asarray(valid, dtype=bool)
+        if valid.ndim == 1:
+            self._add_step(obs, actions, rewards, terminated, valid)
+            return
         chunk = valid.ndim == 2
         num_steps = valid.shape[0] if chunk else 1
         if num_steps >= self.steps:
@@ -221,11 +230,67 @@ class ReplayBuffer:
         self._slot = int((self._slot + num_steps) % self.steps)
         self._written_steps += num_steps
 
+    def _add_step(self, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
+                  terminated: torch.Tensor, valid: np.ndarray) -> None:
+        """`add` of one vector step, the trainer's every-step call: the same bookkeeping as a chunk
+        of one, in scalar and slice operations (a vector step of 8 envs is a few us, not ~40)."""
+        slot, n = self._slot, self.num_envs
+        dropped = int(self._count_per_slot[slot])
+        if dropped:  # the slot's old rows are the oldest ring entries: drop them from the head
+            self._head = (self._head + dropped) % self.capacity
+            self._size -= dropped
+            self._count_per_slot[slot] = 0
+        self._write_step(slot, obs, actions, rewards, terminated)
+        if slot == 0:  # keep the mirror slot equal to slot 0
+            self._write_step(self.steps, obs, actions, rewards, terminated)
+        if self._written_steps:  # the previous step's rows now have their next observation
+            previous = slot - 1 if slot else self.steps - 1
+            prev_valid = self._prev_valid
+            all_valid = np.count_nonzero(prev_valid) == n  # ~10x cheaper than ndarray.all() here
+            new_rows = self._env_base + previous if all_valid else self._env_base[prev_valid] + previous
+            self._append_sampleable(new_rows)
+            self._count_per_slot[previous] = len(new_rows)
+        self._prev_valid = valid.reshape(n).copy()
+        self._slot = slot + 1 if slot + 1 < self.steps else 0
+        self._written_steps += 1
+
+    def _write_step(self, slot: int, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
+                    terminated: torch.Tensor) -> None:
+        """Write time slot `slot` of every env stream: rows slot, stride + slot, ... (basic slicing
+        of a [num_envs, stride, width] view, no index arrays)."""
+        n, d = self.num_envs, self._obs_size
+        if self._streams_np is not None:
+            # numpy reshapes: ~0.1 us each against ~1 us for a torch reshape
+            rows = self._streams_np[:, slot]
+            if self._packed:
+                rows[:, :d] = obs.numpy().reshape(n, d)
+                scalars, col = rows, d
+            else:
+                rows[:] = obs.numpy().reshape(n, d)
+                scalars, col = self._scalar_streams_np[:, slot], 0
+            scalars[:, col] = rewards.numpy().reshape(n)
+            scalars[:, col + 1] = terminated.numpy().reshape(n)
+            scalars[:, col + 2:] = actions.numpy().reshape(n, -1)
+            return
+        packed_scalars = torch.cat([rewards.reshape(n, 1).float(), terminated.reshape(n, 1).float(),
+                                    actions.reshape(n, -1).float()], dim=1)
+        rows = self.frames[: n * self._stride].view(n, self._stride, -1)[:, slot]
+        if self._packed:
+            rows.copy_(torch.cat([obs.reshape(n, d).float(), packed_scalars], dim=1))
+        else:
+            rows.copy_(obs.reshape(n, d))
+            self.scalars[: n * self._stride].view(n, self._stride, -1)[:, slot].copy_(packed_scalars)
+
     def _append_sampleable(self, new_rows: np.ndarray) -> None:
         n = len(new_rows)
         if n == 0:
             return
         start = (self._head + self._size) % self.capacity
+        if self._ring_np is not None and start + n <= self.capacity:  # no wrap: two slice copies
+            self._ring_np[start: start + n] = new_rows
+            self._ring_np[start + self.capacity: start + self.capacity + n] = new_rows
+            self._size += n
+            return
         positions = (start + np.arange(n)) % self.capacity
         both = np.concatenate([positions, positions + self.capacity])
         values = np.concatenate([new_rows, new_rows])

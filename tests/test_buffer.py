@@ -206,3 +206,34 @@ def test_unbind_splits_stacked_batches():
     stacked = buf.sample(3, 8)
     parts = stacked.unbind()
     assert len(parts) == 3 and torch.equal(parts[2].next_obs, stacked[2].next_obs)
+
+
+def _without_numpy_views(buf: ReplayBuffer) -> ReplayBuffer:
+    """Make a CPU buffer write through torch ops, as it does on CUDA (where no numpy view exists)."""
+    buf._frames_np = buf._scalars_np = buf._ring_np = buf._streams_np = buf._scalar_streams_np = None
+    return buf
+
+
+@pytest.mark.parametrize("obs_dtype", [torch.uint8, torch.float32])
+def test_device_write_path_equals_the_numpy_view_path(obs_dtype):
+    """The torch-op writes used on CUDA store exactly what the CPU numpy-view writes store, one
+    step at a time and in chunks, across wraps and auto-reset rows."""
+    rng = np.random.default_rng(5)
+    n, total = 3, 40
+    obs = torch.randint(0, 200, (total, n, 2, 2)).to(obs_dtype)
+    actions = torch.randn(total, n, 2)
+    rewards, terminated = torch.randn(total, n), (torch.rand(total, n) < 0.2).float()
+    valid = rng.random((total, n)) > 0.25
+    bufs = [ReplayBuffer(n * 9, n, (2, 2), obs_dtype, (2,), torch.float32, "cpu", seed=0) for _ in range(2)]
+    _without_numpy_views(bufs[1])
+    for buf in bufs:
+        for t in range(24):
+            buf.add(obs[t], actions[t], rewards[t], terminated[t], valid[t])
+        buf.add(obs[24:31], actions[24:31], rewards[24:31], terminated[24:31], valid[24:31])
+        for t in range(31, total):
+            buf.add(obs[t], actions[t], rewards[t], terminated[t], valid[t])
+    assert torch.equal(bufs[0].frames, bufs[1].frames)
+    if obs_dtype == torch.uint8:
+        assert torch.equal(bufs[0].scalars, bufs[1].scalars)
+    assert torch.equal(bufs[0].sampleable_rows(), bufs[1].sampleable_rows())
+    assert len(bufs[0]) == len(bufs[1]) > 0
