@@ -164,6 +164,8 @@ class TorchVecEnv:
         self.device = device
         self._envs = self._make(spec, num_envs, seed)
         self._ended_last_step = np.zeros(num_envs, dtype=bool)
+        self._reset_pending = False  # whether _ended_last_step has any True
+        self._obs_np_dtype = torch.empty((), dtype=spec.obs_dtype).numpy().dtype
         self._episode_return = np.zeros(num_envs, dtype=np.float64)
         self._episode_length = np.zeros(num_envs, dtype=np.int64)
         self._finished: list[tuple[int, float, int]] = []
@@ -172,6 +174,7 @@ class TorchVecEnv:
             self._high = np.asarray(spec.action_high, dtype=np.float32).reshape(spec.action_shape)
         self._pin = device.type == "cuda"
         self._env_ids = np.arange(num_envs, dtype=np.int32)
+        self._env_ids_bytes = self._env_ids.tobytes()
         self._direct = _EnvpoolDirectIO.create(self._envs, self._env_ids) if spec.backend == "envpool" else None
         self._sent_once = False
 
@@ -189,7 +192,7 @@ class TorchVecEnv:
 
     def _obs_to_device(self, obs: np.ndarray) -> torch.Tensor:
         # A copy, never a view: envpool may reuse its output arrays.
-        host = torch.tensor(obs, dtype=self.spec.obs_dtype)
+        host = torch.from_numpy(np.array(obs, dtype=self._obs_np_dtype))  # ~4x cheaper than torch.tensor
         if self.device.type == "cpu":
             return host
         if self._pin:
@@ -198,13 +201,15 @@ class TorchVecEnv:
 
     def reset(self) -> torch.Tensor:
         obs, _ = self._envs.reset(seed=self.seed) if self.spec.backend == "gymnasium" else self._envs.reset()
-        self._ended_last_step[:] = False
+        self._ended_last_step = np.zeros(self.num_envs, dtype=bool)  # a new array: VecSteps hold the old one
+        self._reset_pending = False
         self._episode_return[:] = 0.0
         self._episode_length[:] = 0
         return self._obs_to_device(obs)
 
     def actions_to_numpy(self, actions: torch.Tensor) -> np.ndarray:
-        host = actions.detach().to("cpu").numpy()
+        on_host = actions.device.type == "cpu" and not actions.requires_grad
+        host = actions.numpy() if on_host else actions.detach().cpu().numpy()
         if self.spec.discrete:
             return host.astype(np.int64, copy=False)
         # Actions never leave the box, whatever the policy or the noise did.
@@ -230,7 +235,7 @@ class TorchVecEnv:
             else:
                 obs, reward, terminated, truncated, info = self._envs.recv()
                 order = np.asarray(info["env_id"])
-            if not np.array_equal(order, self._env_ids):  # put rows back in env order
+            if order.tobytes() != self._env_ids_bytes:  # put rows back in env order (~5x cheaper than array_equal)
                 inverse = np.argsort(order)
                 obs, reward, terminated, truncated = obs[inverse], reward[inverse], terminated[inverse], truncated[inverse]
         else:
@@ -243,26 +248,34 @@ class TorchVecEnv:
 
     def _record(self, obs: np.ndarray, reward: np.ndarray, terminated: np.ndarray,
                 truncated: np.ndarray) -> VecStep:
-        is_reset_step = self._ended_last_step.copy()
+        # Every step of a 1-env TD3 run passes here: the usual case (no episode boundary) is
+        # kept to a few whole-array operations.
+        is_reset_step = self._ended_last_step  # never mutated: each step makes a new array
         terminated = np.asarray(terminated, dtype=bool)
         truncated = np.asarray(truncated, dtype=bool)
         reward = np.asarray(reward, dtype=np.float32)
-        real = ~is_reset_step
-        self._episode_return[real] += reward[real]
-        self._episode_length[real] += 1
-        ended = (terminated | truncated) & real
-        for i in np.flatnonzero(ended):
-            self._finished.append((int(i), float(self._episode_return[i]), int(self._episode_length[i])))
-        self._episode_return[ended] = 0.0
-        self._episode_length[ended] = 0
+        ended = terminated | truncated
+        if self._reset_pending:
+            real = ~is_reset_step
+            self._episode_return[real] += reward[real]
+            self._episode_length[real] += 1
+            ended &= real
+        else:
+            self._episode_return += reward
+            self._episode_length += 1
+        self._reset_pending = bool(np.count_nonzero(ended))
+        if self._reset_pending:
+            for i in np.flatnonzero(ended):
+                self._finished.append((int(i), float(self._episode_return[i]), int(self._episode_length[i])))
+            self._episode_return[ended] = 0.0
+            self._episode_length[ended] = 0
         self._ended_last_step = ended
-        return VecStep(
-            next_obs=self._obs_to_device(obs),
-            reward=torch.from_numpy(reward).to(self.device),
-            terminated=torch.from_numpy(terminated.astype(np.float32)).to(self.device),
-            truncated=truncated,
-            is_reset_step=is_reset_step,
-        )
+        reward_t = torch.from_numpy(reward)
+        terminated_t = torch.from_numpy(terminated.astype(np.float32))
+        if self.device.type != "cpu":
+            reward_t, terminated_t = reward_t.to(self.device), terminated_t.to(self.device)
+        return VecStep(next_obs=self._obs_to_device(obs), reward=reward_t, terminated=terminated_t,
+                       truncated=truncated, is_reset_step=is_reset_step)
 
     def pop_finished_episodes(self) -> list[tuple[int, float, int]]:
         """(env index, return, length) of each episode finished since the last call."""
