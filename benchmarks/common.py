@@ -28,8 +28,12 @@ def synchronized(fn: Callable[..., Any], device: torch.device) -> Callable[..., 
 def random_batch(spec: EnvSpec, batch_size: int, device: torch.device, seed: int = 0) -> Batch:
     """A mini-batch with the env's shapes and dtypes; the same seed gives the same data."""
     gen = torch.Generator().manual_seed(seed)
-    obs = torch.randn((batch_size, *spec.obs_shape), generator=gen)
-    next_obs = torch.randn((batch_size, *spec.obs_shape), generator=gen)
+    if spec.obs_dtype == torch.uint8:  # Atari frames, stored and sampled as bytes
+        obs = torch.randint(0, 256, (batch_size, *spec.obs_shape), generator=gen, dtype=torch.uint8)
+        next_obs = torch.randint(0, 256, (batch_size, *spec.obs_shape), generator=gen, dtype=torch.uint8)
+    else:
+        obs = torch.randn((batch_size, *spec.obs_shape), generator=gen)
+        next_obs = torch.randn((batch_size, *spec.obs_shape), generator=gen)
     if spec.discrete:
         actions = torch.randint(0, spec.num_actions, (batch_size,), generator=gen)
     else:

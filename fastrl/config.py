@@ -83,6 +83,8 @@ class TrainConfig:
     # torch intra-op threads; 0 = auto (see `auto_threads`).
     threads: int = 0
     compile: bool | None = None
+    # Replay each update as one CUDA graph (CUDA only; off until verified on a GPU: see cuda_graph.py).
+    cuda_graph: bool = False
     run_dir: str | None = None
     eval_episodes: int = 10
     eval_every: int = 0  # env steps between evaluations; 0 = only at the end

@@ -23,6 +23,7 @@ from torch import nn
 
 from fastrl.buffer import Batch
 from fastrl.config import TrainConfig
+from fastrl.cuda_graph import GraphedUpdate
 from fastrl.envs import EnvSpec
 from fastrl.fused_adam import FusedAdam, clip_grad_norm_, flatten_parameters_, preallocate_grads
 from fastrl.networks import NatureCNN
@@ -203,13 +204,15 @@ def build_dqn(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile
     # Adam step are single-tensor ops.
     if spec.is_image:
         preallocate_grads(q)
-        optimizer = FusedAdam(list(q.parameters()), lr=cfg.lr)
+        optimizer = FusedAdam(list(q.parameters()), lr=cfg.lr, lr_on_device=cfg.cuda_graph)
     else:
         flat, flat_grad = flatten_parameters_(q)
-        optimizer = FusedAdam([flat], lr=cfg.lr, grads=[flat_grad])
+        optimizer = FusedAdam([flat], lr=cfg.lr, grads=[flat_grad], lr_on_device=cfg.cuda_graph)
     update_fn = build_update(q, q_target, optimizer, cfg.gamma, cfg.double_dqn, cfg.loss, cfg.max_grad_norm)
     if use_compile:
         update_fn = torch.compile(update_fn)
+    if cfg.cuda_graph:
+        update_fn = GraphedUpdate(update_fn, device)
     targets = make_target_updater([(q, q_target)], cfg.target_update, cfg.tau, cfg.target_period)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed + 1)

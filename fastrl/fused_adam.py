@@ -61,10 +61,14 @@ class FusedAdam:
     must exist); both may be the flat tensors of `flatten_parameters_`."""
 
     def __init__(self, params: list[torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, grads: list[torch.Tensor] | None = None):
+                 eps: float = 1e-8, grads: list[torch.Tensor] | None = None, lr_on_device: bool = False):
         if grads is None and any(p.grad is None for p in params):
             raise ValueError("FusedAdam needs every parameter's .grad preallocated (or grads=)")
-        self.lr = lr
+        # With lr_on_device the kernel reads lr from a device tensor that setting `lr` overwrites:
+        # a CUDA graph replays the step with whatever lr that tensor holds (see cuda_graph.py).
+        self._lr_tensor = (torch.full((), lr, dtype=torch.float32, device=params[0].device)
+                           if lr_on_device else None)
+        self._lr = lr
         self.betas = betas
         self.eps = eps
         self.params = [p.detach() for p in params]  # same storage: stepping these steps the parameters
@@ -76,10 +80,21 @@ class FusedAdam:
         self.step_count = torch.zeros((), dtype=torch.float32, device=self.params[0].device)
         self._steps = [self.step_count] * len(self.params)
 
+    @property
+    def lr(self) -> float:
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        if value != self._lr and self._lr_tensor is not None:
+            self._lr_tensor.fill_(value)
+        self._lr = value
+
     @torch.compiler.disable  # an in-place multi-tensor kernel: run it eagerly, as torch.optim does
     def step(self) -> None:
         self.step_count.add_(1.0)  # the kernel reads the count of the step it is taking
-        torch._fused_adam_(self.params, self.grads, self.exp_avg, self.exp_avg_sq, [], self._steps, lr=self.lr,
+        lr = self._lr_tensor if self._lr_tensor is not None else self._lr
+        torch._fused_adam_(self.params, self.grads, self.exp_avg, self.exp_avg_sq, [], self._steps, lr=lr,
                            beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0, eps=self.eps,
                            amsgrad=False, maximize=False)
 

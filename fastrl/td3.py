@@ -23,6 +23,7 @@ from torch import nn
 
 from fastrl.buffer import Batch
 from fastrl.config import TrainConfig
+from fastrl.cuda_graph import GraphedUpdate
 from fastrl.dqn import total_updates
 from fastrl.envs import EnvSpec
 from fastrl.fused_adam import FusedAdam, clip_grad_norm_, flatten_parameters_
@@ -247,12 +248,15 @@ def _build(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile: b
     # Each net's parameters (and gradients) share one flat tensor: clip and Adam are single-tensor ops.
     critic_flat, critic_flat_grad = flatten_parameters_(critic)
     actor_flat, actor_flat_grad = flatten_parameters_(actor)
-    critic_opt = FusedAdam([critic_flat], lr=cfg.lr, grads=[critic_flat_grad])
-    actor_opt = FusedAdam([actor_flat], lr=cfg.actor_lr or cfg.lr, grads=[actor_flat_grad])
+    critic_opt = FusedAdam([critic_flat], lr=cfg.lr, grads=[critic_flat_grad], lr_on_device=cfg.cuda_graph)
+    actor_opt = FusedAdam([actor_flat], lr=cfg.actor_lr or cfg.lr, grads=[actor_flat_grad],
+                          lr_on_device=cfg.cuda_graph)
     update_fn = make_update(actor, critic, actor_target, critic_target, critic_opt, actor_opt, cfg.gamma,
                             twin, cfg.policy_noise, cfg.noise_clip, cfg.max_grad_norm)
     if use_compile:
         update_fn = torch.compile(update_fn)
+    if cfg.cuda_graph:
+        update_fn = GraphedUpdate(update_fn, device)
     targets = make_target_updater([(actor, actor_target), (critic, critic_target)], cfg.target_update, cfg.tau,
                                   cfg.target_period)
     generator = torch.Generator(device=device)

@@ -22,6 +22,7 @@ CASES = [
     (["--target-period", "0"], "--target-period", "positive"),
     (["--gamma", "1.2"], "--gamma", "[0, 1]"),
     (["--device", "cuda"], "--device", "CUDA"),
+    (["--device", "cpu", "--cuda-graph"], "--cuda-graph", "needs a CUDA device"),
     (["--buffer-size", "100000000000000"], "--buffer-size", "bytes"),
     (["--lr-schedule", "robbins-monro", "--lr-power", "0.4"], "--lr-power", "0.5 < p <= 1"),
     (["--hidden-sizes", "64", "0"], "--hidden-sizes", "positive"),
