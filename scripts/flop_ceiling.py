@@ -34,11 +34,11 @@ WORKLOADS = {  # peer settings: batch 256, 256-256 (TD3/DDPG); CleanRL's DQN Car
 }
 
 
-def gemm_rate(sizes: tuple[int, ...] = (256, 512, 1024), repeats: int = 20) -> float:
-    """Best fp32 matmul FLOP/s over a few square sizes."""
+def gemm_rate(sizes: tuple[int, ...] = (256, 512, 1024), repeats: int = 20, dtype: torch.dtype = torch.float32) -> float:
+    """Best matmul FLOP/s over a few square sizes."""
     best = 0.0
     for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         for _ in range(3):
             a @ b
         t0 = time.perf_counter()
@@ -85,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
             ceiling = rate / r["flops"]
             print(f"{threads:>7} {name:>5} {r['flops'] / 1e6:>12.1f} {rate / 1e9:>12.1f} {ceiling:>13.0f} "
                   f"{r['update_s'] * 1e3:>9.3f} {1 / r['update_s']:>7.0f} {1 / r['update_s'] / ceiling:>10.0%}")
+    # For reference only (fastrl trains in fp32, as the peers do): what bf16 GEMMs would give here.
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        print(f"{threads} thread(s): bf16 GEMM {gemm_rate(dtype=torch.bfloat16) / 1e9:.1f} GFLOP/s against fp32 "
+              f"{gemm_rate() / 1e9:.1f} (not used by fastrl)")
     return 0
 
 
