@@ -7,8 +7,9 @@
 Wraps the calls the trainer makes every step (act, env send and recv, buffer add and sample, the
 agent's update) in wall-clock timers and runs training. Only the learning phase is counted (from
 the first update on). Timers rather than torch.profiler: on this 2-core CPU the profiler inflates
-small ops. Then the same act and sample calls are timed back to back, warm, for comparison: the
-loop's calls run with caches that the update (and the idle wait) left cold.
+small ops. Then the same act and sample calls are timed back to back (warm), and each after a 3 ms
+sleep, for comparison: the loop's calls run with caches that the update (or any idle wait) left
+cold.
 """
 
 from __future__ import annotations
@@ -76,6 +77,17 @@ class PhaseTimers:
     def restore(self) -> None:
         for undo in reversed(self._undo):
             undo()
+
+
+def after_sleep_us(fn: Callable[[], Any], sleep_s: float = 0.003, calls: int = 300) -> float:
+    """`fn` timed right after an idle wait as long as an update: idle time alone cools the caches."""
+    total = 0.0
+    for _ in range(calls):
+        time.sleep(sleep_s)
+        t0 = time.perf_counter()
+        fn()
+        total += time.perf_counter() - t0
+    return total / calls * 1e6
 
 
 def warm_us(fn: Callable[[], Any], calls: int = 300) -> float:
@@ -152,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"warm, back to back: act {warm_us(lambda: agent.act(obs, cfg.learning_starts)):.1f} us, "
           f"buffer sample {warm_us(lambda: buffer.sample(cfg.updates_per_train, cfg.batch_size)):.1f} us, "
           f"update {warm_us(lambda: agent.update(batch), calls=100):.1f} us")
+    print(f"after a 3 ms sleep each: act {after_sleep_us(lambda: agent.act(obs, cfg.learning_starts)):.1f} us, "
+          f"buffer sample {after_sleep_us(lambda: buffer.sample(cfg.updates_per_train, cfg.batch_size)):.1f} us")
     return 0
 
 
