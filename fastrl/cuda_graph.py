@@ -36,7 +36,6 @@ class GraphedUpdate:
         self.warmup_calls = warmup_calls
         self._calls: dict[tuple, int] = {}
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor | Any], Any]] = {}
-        self._pool = None
 
     @staticmethod
     def _key(args: tuple) -> tuple:
@@ -75,9 +74,9 @@ class GraphedUpdate:
         static_args = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()  # TD3's two graphs share one memory pool
-        with torch.cuda.graph(graph, pool=self._pool):
+        # Each graph gets its own memory pool: a shared pool is only safe when graphs replay in
+        # the order they were captured, and TD3's two interleave as the policy delay says.
+        with torch.cuda.graph(graph):
             static_out = self.update_fn(*static_args)
         self._graphs[key] = (graph, static_args, static_out)
 
