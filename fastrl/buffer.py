@@ -256,30 +256,25 @@ class ReplayBuffer:
 
     def _write_step(self, slot: int, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
                     terminated: torch.Tensor) -> None:
-        """Write time slot `slot` of every env stream: rows slot, stride + slot, ... (basic slicing
-        of a [num_envs, stride, width] view, no index arrays)."""
+        """Write time slot `slot` of every env stream: rows slot, stride + slot, ... On CPU through
+        basic slicing of a [num_envs, stride, width] numpy view (no index arrays); on a device
+        through the chunk path's index_copy."""
         n, d = self.num_envs, self._obs_size
-        if self._streams_np is not None:
-            # numpy reshapes: ~0.1 us each against ~1 us for a torch reshape
-            rows = self._streams_np[:, slot]
-            if self._packed:
-                rows[:, :d] = obs.numpy().reshape(n, d)
-                scalars, col = rows, d
-            else:
-                rows[:] = obs.numpy().reshape(n, d)
-                scalars, col = self._scalar_streams_np[:, slot], 0
-            scalars[:, col] = rewards.numpy().reshape(n)
-            scalars[:, col + 1] = terminated.numpy().reshape(n)
-            scalars[:, col + 2:] = actions.numpy().reshape(n, -1)
+        if self._streams_np is None:
+            self._write_rows(self._env_base + slot, obs.reshape(n, -1),
+                             [rewards.reshape(n), terminated.reshape(n), actions.reshape(n, -1)])
             return
-        packed_scalars = torch.cat([rewards.reshape(n, 1).float(), terminated.reshape(n, 1).float(),
-                                    actions.reshape(n, -1).float()], dim=1)
-        rows = self.frames[: n * self._stride].view(n, self._stride, -1)[:, slot]
+        # numpy reshapes: ~0.1 us each against ~1 us for a torch reshape
+        rows = self._streams_np[:, slot]
         if self._packed:
-            rows.copy_(torch.cat([obs.reshape(n, d).float(), packed_scalars], dim=1))
+            rows[:, :d] = obs.numpy().reshape(n, d)
+            scalars, col = rows, d
         else:
-            rows.copy_(obs.reshape(n, d))
-            self.scalars[: n * self._stride].view(n, self._stride, -1)[:, slot].copy_(packed_scalars)
+            rows[:] = obs.numpy().reshape(n, d)
+            scalars, col = self._scalar_streams_np[:, slot], 0
+        scalars[:, col] = rewards.numpy().reshape(n)
+        scalars[:, col + 1] = terminated.numpy().reshape(n)
+        scalars[:, col + 2:] = actions.numpy().reshape(n, -1)
 
     def _append_sampleable(self, new_rows: np.ndarray) -> None:
         n = len(new_rows)

@@ -112,6 +112,7 @@ def make_update(actor: Actor, critic: StackedMLP, actor_target: Actor, critic_ta
     critic_weights = list(critic.weights)
     actor_weights = list(actor.net.weights)
     first_critic = slice(0, 1)  # the actor climbs Q₁ only (TD3); with one critic, that one
+    first_critic_weights = critic.layers(first_critic)[0]  # views, taken once (parameters stay in place)
     low, high = actor.low, actor.high
     half_width = box_fraction(1.0, low, high)
     smoothing_std, smoothing_clip = box_fraction(policy_noise, low, high), box_fraction(noise_clip, low, high)
@@ -140,7 +141,7 @@ def make_update(actor: Actor, critic: StackedMLP, actor_target: Actor, critic_ta
             action, tanh_out, actor_trace = actor.forward_traced(obs)
             q1, q1_trace = critic.forward_traced(critic_input(obs, action), members=first_critic)
             d_q1 = torch.full_like(q1, -1.0 / batch)  # d(−mean Q₁)/dQ₁
-            d_action = backward([w[first_critic] for w in critic_weights], q1_trace, d_q1, None, None,
+            d_action = backward(first_critic_weights, q1_trace, d_q1, None, None,
                                 input_cols=slice(obs.flatten(1).shape[1], None))
             d_pre = d_action * (half_width * (1.0 - tanh_out.square()))  # through action = mid + hw·tanh
             backward(actor_weights, actor_trace, d_pre, actor_w_grads, actor_b_grads)

@@ -70,7 +70,8 @@ HELP = {
     "noise_clip": "TD3 target smoothing clip (fraction of half-width)",
     "policy_delay": "critic updates per actor update", "actor_lr": "actor learning rate (default: --lr)",
     "device": "auto picks cuda when available",
-    "threads": "torch intra-op threads (0 = auto: on CPU, all cores from batch 256 at width 256, else 1)", "compile": "torch.compile the update (default: on for CUDA)",
+    "threads": "torch intra-op threads (0 = auto: on CPU, all cores from batch 256 at width 256, else 1)",
+    "compile": "torch.compile the update (default: on for CUDA)",
     "cuda_graph": "replay each update as one CUDA graph (CUDA only; not yet verified on a GPU, so off by default)",
     "run_dir": "run folder (default runs/<env>-<algo>-<seed>-<time>)",
     "eval_episodes": "greedy episodes per evaluation", "eval_every": "env steps between evaluations (0 = end only)",
@@ -260,7 +261,8 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
     if resume is not None:
         restore(resume, agent, buffer)
     print(f"fastrl: {resume_note(resume, cfg)}{cfg.algo} on {cfg.env} ({spec.backend}), seed {cfg.seed}, "
-          f"device {device}, compile {use_compile}{', CUDA graph' if cfg.cuda_graph else ''}, {cfg.num_envs} envs, {cfg.total_steps} steps, "
+          f"device {device}, compile {use_compile}{', CUDA graph' if cfg.cuda_graph else ''}, "
+          f"{cfg.num_envs} envs, {cfg.total_steps} steps, "
           f"batch {cfg.batch_size}, {cfg.updates_per_train} updates every {cfg.train_every} vector steps "
           f"(updates/transition {cfg.updates_per_transition:.4g}, replay ratio {cfg.replay_ratio:.4g}); "
           f"run folder {run_dir}", file=sys.stderr)

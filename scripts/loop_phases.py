@@ -28,7 +28,9 @@ import torch
 import fastrl.train as train_module
 from fastrl.buffer import ReplayBuffer
 from fastrl.config import resolve
+from fastrl.dqn import DQN
 from fastrl.envs import TorchVecEnv
+from fastrl.td3 import TD3
 from fastrl.train import AGENT_BUILDERS, check_setup, train
 
 PEER_SETTINGS = dict(env="Pendulum-v1", num_envs=1, batch_size=256, hidden_sizes=(256, 256), train_every=1,
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     spec, device = check_setup(cfg)
 
     timers = PhaseTimers()
-    agent_type = type(AGENT_BUILDERS[cfg.algo](spec, cfg, device, False))
+    agent_type = {"dqn": DQN, "ddpg": TD3, "td3": TD3}[cfg.algo]
     timers.wrap(agent_type, "update", "update", starts_counting=True)
     timers.wrap(agent_type, "act", "act")
     timers.wrap(TorchVecEnv, "send", "env send")
