@@ -143,7 +143,7 @@ class DQN:
 
     def q_values(self, obs: torch.Tensor) -> torch.Tensor:
         if isinstance(self.q, StackedMLP):
-            return self.q(obs.flatten(1))[0]
+            return self.q.forward_one(obs.flatten(1))
         return self.q(obs)
 
     def random_actions(self, n: int) -> torch.Tensor:

@@ -77,6 +77,8 @@ class StackedMLP(nn.Module):
         # Iterating a ParameterList costs ~5 us; the hot path reads these lists instead. They hold
         # the same Parameter objects, which .to(), load_state_dict and deepcopy keep consistent.
         self._weights, self._biases = list(self.weights), list(self.biases)
+        self._plain: list[tuple[torch.Tensor, ...]] = []  # forward_one's 2-D views (see there)
+        self._plain_of: tuple[int, ...] = ()  # the parameter storage they view
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, in] or [E, B, in] -> [E, B, out]. Also differentiable by autograd (tests, export)."""
@@ -85,6 +87,31 @@ class StackedMLP(nn.Module):
         for i in range(len(weights) - 1):
             h = linear(h, weights[i], biases[i]).relu_()
         return linear(h, weights[-1], biases[-1])
+
+    def forward_one(self, x: torch.Tensor) -> torch.Tensor:
+        """Member 0 only, [B, in] -> [B, out], as 2-D GEMMs on views taken once: the acting path.
+        Acting on a few observations is per-op overhead, and inside the training loop each op runs
+        with cold caches (~10-20 us an op on the 2-core CPU), so the batch dimension, the squeeze
+        and the per-call transposes of `forward` are worth dropping there."""
+        h = x
+        layers = self._plain_layers()
+        for weight_t, bias, _weight, _bias_col in layers[:-1]:
+            h = torch.addmm(bias, h, weight_t).relu_()
+        weight_t, bias, weight, bias_col = layers[-1]
+        if _is_narrow(h, weight_t):
+            return torch.addmm(bias_col, weight, h.mT).mT
+        return torch.addmm(bias, h, weight_t)
+
+    def _plain_layers(self) -> list[tuple[torch.Tensor, ...]]:
+        """(Wᵀ, b, W, b as a column) of member 0 per layer, views of the parameters. Rebuilt when
+        the parameters move to new storage (`.to()`, `flatten_parameters_`); in-place updates
+        (optimizer steps, load_state_dict) keep the views current."""
+        storage = tuple(p.data_ptr() for p in self._weights)
+        if storage != self._plain_of:
+            pairs = [(w.detach()[0], b.detach()[0]) for w, b in zip(self._weights, self._biases)]
+            self._plain = [(w.mT, b, w, b.unsqueeze(1)) for w, b in pairs]
+            self._plain_of = storage
+        return self._plain
 
     def forward_traced(self, x: torch.Tensor, members: slice | None = None) -> tuple[torch.Tensor, Trace]:
         """Forward pass keeping what `backward` needs. `members` picks a subset (a view, no copy).

@@ -299,7 +299,7 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
             if (env_step + cfg.num_envs >= learn_from and (vector_step + 1) % cfg.train_every == 0
                     and len(buffer) > 0):
                 # One index draw for all k mini-batches of the phase.
-                for batch in buffer.sample(cfg.updates_per_train, cfg.batch_size).unbind():
+                for batch in buffer.sample_batches(cfg.updates_per_train, cfg.batch_size):
                     metrics = agent.update(batch)
                     metric_sum += torch.stack((metrics["loss"], metrics["mean_q"], metrics["grad_norm"]))
                 window_updates += cfg.updates_per_train

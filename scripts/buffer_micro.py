@@ -2,8 +2,8 @@
 
     python scripts/buffer_micro.py
 
-sample(256) from a full 1e6 buffer (obs 17, act 6, HalfCheetah-shaped rows) as one call and as one
-draw of 16 batches, and add of 8 envs one vector step at a time and in chunks of 32 and 128 steps.
+sample(256) from a full 1e6 buffer (obs 17, act 6, HalfCheetah-shaped rows) as one call (stacked, and
+as the trainer's list of batches) and as one draw of 16 batches, and add of 8 envs one vector step at a time and in chunks of 32 and 128 steps.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ def main() -> int:
                  torch.zeros(chunk, num_envs), np.ones((chunk, num_envs), dtype=bool))
     print(f"buffer of {len(full)} sampleable rows, torch {torch.__version__}, 1 thread")
     print(f"sample(1, 256):            {median_us(lambda: full.sample(1, 256), 2000):7.1f} us")
+    print(f"sample_batches(1, 256):    {median_us(lambda: full.sample_batches(1, 256), 2000):7.1f} us  "
+          "(the trainer's call at one update per phase)")
     print(f"sample(16, 256) per batch: {median_us(lambda: full.sample(16, 256), 300) / 16:7.1f} us")
     for steps in (1, 32, 128):
         buf = ReplayBuffer(100_000, num_envs, (17,), torch.float32, (6,), torch.float32, torch.device("cpu"), seed=0)

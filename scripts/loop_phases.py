@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     timers.wrap(TorchVecEnv, "send", "env send")
     timers.wrap(TorchVecEnv, "recv", "env recv")
     timers.wrap(ReplayBuffer, "add", "buffer add")
-    timers.wrap(ReplayBuffer, "sample", "buffer sample")
+    timers.wrap(ReplayBuffer, "sample_batches", "buffer sample")
     timers.pause_during(train_module, "evaluate_policy")  # the eval envs' steps are not training steps
     t0 = time.perf_counter()
     try:
@@ -162,12 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         buffer.add(obs, actions, step.reward, step.terminated, valid=~step.is_reset_step)
         obs = step.next_obs
     envs.close()
-    batch = buffer.sample(1, cfg.batch_size).unbind()[0]
+    batch = buffer.sample_batches(1, cfg.batch_size)[0]
     print(f"warm, back to back: act {warm_us(lambda: agent.act(obs, cfg.learning_starts)):.1f} us, "
-          f"buffer sample {warm_us(lambda: buffer.sample(cfg.updates_per_train, cfg.batch_size)):.1f} us, "
+          f"buffer sample {warm_us(lambda: buffer.sample_batches(cfg.updates_per_train, cfg.batch_size)):.1f} us, "
           f"update {warm_us(lambda: agent.update(batch), calls=100):.1f} us")
     print(f"after a 3 ms sleep each: act {after_sleep_us(lambda: agent.act(obs, cfg.learning_starts)):.1f} us, "
-          f"buffer sample {after_sleep_us(lambda: buffer.sample(cfg.updates_per_train, cfg.batch_size)):.1f} us")
+          f"buffer sample {after_sleep_us(lambda: buffer.sample_batches(cfg.updates_per_train, cfg.batch_size)):.1f} us")
     return 0
 
 

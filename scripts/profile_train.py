@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             if trained:
                 with named_range("train phase", cuda):
                     with named_range("sample", cuda):
-                        batches = buffer.sample(cfg.updates_per_train, cfg.batch_size).unbind()
+                        batches = buffer.sample_batches(cfg.updates_per_train, cfg.batch_size)
                     for batch in batches:
                         with named_range("update", cuda):
                             agent.update(batch)

@@ -208,6 +208,27 @@ def test_unbind_splits_stacked_batches():
     assert len(parts) == 3 and torch.equal(parts[2].next_obs, stacked[2].next_obs)
 
 
+@pytest.mark.parametrize("obs_dtype,obs_shape,action_shape", [
+    (torch.float32, (3,), ()), (torch.float32, (3,), (2,)), (torch.uint8, (2, 2), ()), (torch.uint8, (2, 2), (2,)),
+])
+@pytest.mark.parametrize("num_batches", [1, 3])
+def test_sample_batches_equals_the_stacked_sample_unbound(obs_dtype, obs_shape, action_shape, num_batches):
+    def filled(seed):
+        buf = ReplayBuffer(40, 4, obs_shape, obs_dtype, action_shape, torch.float32, "cpu", seed=seed)
+        gen = torch.Generator().manual_seed(5)
+        for _ in range(13):
+            buf.add((torch.rand(4, *obs_shape, generator=gen) * 200).to(obs_dtype),
+                    torch.randint(0, 9, (4, *action_shape), generator=gen).float(), torch.randn(4, generator=gen),
+                    (torch.rand(4, generator=gen) < 0.3).float(), np.ones(4, bool))
+        return buf
+    listed, stacked = filled(7).sample_batches(num_batches, 16), filled(7).sample(num_batches, 16).unbind()
+    assert len(listed) == len(stacked) == num_batches
+    for mine, ref in zip(listed, stacked):
+        assert mine.obs.shape == (16, *obs_shape) and mine.actions.shape == (16, *action_shape)
+        for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
+            assert torch.equal(getattr(mine, name), getattr(ref, name)), name
+
+
 def _without_numpy_views(buf: ReplayBuffer) -> ReplayBuffer:
     """Make a CPU buffer write through torch ops, as it does on CUDA (where no numpy view exists)."""
     buf._frames_np = buf._scalars_np = buf._ring_np = buf._streams_np = buf._scalar_streams_np = None

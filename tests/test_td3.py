@@ -11,7 +11,7 @@ from torch import nn
 
 from fastrl.config import ConfigError, TrainConfig, resolve
 from fastrl.envs import EnvSpec
-from fastrl.fused_adam import FusedAdam
+from fastrl.fused_adam import FusedAdam, flatten_parameters_
 from fastrl.stacked_mlp import StackedMLP, backward
 from fastrl.td3 import (
     box_fraction, build_ddpg, build_td3, critic_input, critic_loss, explore, smooth_target_action, td_target, to_box,
@@ -120,6 +120,26 @@ def test_handwritten_backward_equals_autograd(members, in_dim, hidden, out_dim):
         torch.testing.assert_close(mine, param.grad, rtol=1e-4, atol=1e-5)
     # the input is shared by the members, so its gradient is the sum over members
     torch.testing.assert_close(d_input.sum(0), x.grad[:, 1:], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64])
+@pytest.mark.parametrize("out_dim", [1, 6])
+def test_acting_path_equals_the_stacked_forward_and_follows_moved_parameters(batch, out_dim):
+    torch.manual_seed(2)
+    net = StackedMLP(1, 3, (32, 32), out_dim)
+    x = torch.randn(batch, 3)
+    torch.testing.assert_close(net.forward_one(x), net(x)[0], rtol=1e-6, atol=1e-6)
+    # Views cached by the first call must follow the parameters into new storage, and see in-place steps.
+    flatten_parameters_(net)
+    with torch.no_grad():
+        for w in net.weights:
+            w.mul_(-0.5)
+    torch.testing.assert_close(net.forward_one(x), net(x)[0], rtol=1e-6, atol=1e-6)
+    clone = copy.deepcopy(net)
+    with torch.no_grad():
+        net.weights[0].zero_()
+    torch.testing.assert_close(clone.forward_one(x), clone(x)[0], rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(clone.forward_one(x), net.forward_one(x))
 
 
 def test_fused_adam_equals_torch_adam_and_restores_its_state():
