@@ -3,7 +3,8 @@
     python scripts/buffer_micro.py
 
 sample(256) from a full 1e6 buffer (obs 17, act 6, HalfCheetah-shaped rows) as one call (stacked, and
-as the trainer's list of batches) and as one draw of 16 batches, and add of 8 envs one vector step at a time and in chunks of 32 and 128 steps.
+as the trainer's list of batches) and as one draw of 16 batches, and add of 8 envs one vector step
+at a time and in chunks of 32 and 128 steps.
 """
 
 from __future__ import annotations
