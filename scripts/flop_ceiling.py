@@ -8,6 +8,11 @@ products only: mm/bmm/baddbmm, 2 FLOPs per multiply-add; the elementwise work is
 ceiling is optimistic). The GEMM rate is the best of square fp32 matmuls of a few sizes, timed here
 with the same threads. The ceiling in updates/s is rate / FLOPs per update; one update per env step
 makes it the SPS ceiling (env stepping and acting are left out, so it is again optimistic).
+
+"matmuls alone" replays the update's own matrix products (recorded from a real update: same
+shapes, strides, orientations and out= tensors) back to back: at these small shapes MKL runs
+below its square-GEMM rate, so this, not the ceiling, bounds what any fp32 update built on these
+products can reach here.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for the benchmarks' helpers
@@ -48,6 +54,38 @@ def gemm_rate(sizes: tuple[int, ...] = (256, 512, 1024), repeats: int = 20, dtyp
     return best
 
 
+class _RecordMatmuls(TorchDispatchMode):
+    """Keeps every matrix-product call (op, its tensors, kwargs) that runs under it, in order."""
+
+    OPS = ("mm", "bmm", "addmm", "baddbmm")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.overloadpacket.__name__ in self.OPS:
+            self.calls.append((func, args, kwargs))
+        return func(*args, **kwargs)
+
+
+def matmuls_alone_seconds(agent, batches: list, cycle: int, repeats: int) -> float:
+    """Seconds per update of the update's own matrix products, replayed back to back on the same
+    tensors (shapes, strides, out= forms, threads): the update's time if everything else were free."""
+    with _RecordMatmuls() as recorder:
+        for i in range(cycle):
+            agent.update(batches[i])
+    calls = recorder.calls
+    for func, args, kwargs in calls:
+        func(*args, **kwargs)
+    t0 = time.perf_counter()
+    for _ in range(repeats // cycle):
+        for func, args, kwargs in calls:
+            func(*args, **kwargs)
+    return (time.perf_counter() - t0) / ((repeats // cycle) * cycle)
+
+
 def measure(name: str, repeats: int) -> dict:
     build, settings = WORKLOADS[name]
     cfg = resolve(settings)
@@ -66,7 +104,7 @@ def measure(name: str, repeats: int) -> dict:
     for i in range(repeats):
         agent.update(batches[i % len(batches)])
     seconds = (time.perf_counter() - t0) / repeats
-    return {"flops": flops, "update_s": seconds}
+    return {"flops": flops, "update_s": seconds, "matmuls_s": matmuls_alone_seconds(agent, batches, cycle, repeats)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=200)
     args = parser.parse_args(argv)
     print(f"{'threads':>7} {'algo':>5} {'MFLOP/update':>12} {'GEMM GFLOP/s':>12} {'ceiling upd/s':>13} "
-          f"{'update ms':>9} {'upd/s':>7} {'of ceiling':>10}")
+          f"{'update ms':>9} {'upd/s':>7} {'of ceiling':>10} {'matmuls alone ms':>16} {'their upd/s':>11}")
     for threads in args.threads:
         torch.set_num_threads(threads)
         rate = gemm_rate()
@@ -84,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             r = measure(name, args.repeats)
             ceiling = rate / r["flops"]
             print(f"{threads:>7} {name:>5} {r['flops'] / 1e6:>12.1f} {rate / 1e9:>12.1f} {ceiling:>13.0f} "
-                  f"{r['update_s'] * 1e3:>9.3f} {1 / r['update_s']:>7.0f} {1 / r['update_s'] / ceiling:>10.0%}")
+                  f"{r['update_s'] * 1e3:>9.3f} {1 / r['update_s']:>7.0f} {1 / r['update_s'] / ceiling:>10.0%} "
+                  f"{r['matmuls_s'] * 1e3:>16.3f} {1 / r['matmuls_s']:>11.0f}")
     # For reference only (fastrl trains in fp32, as the peers do): what bf16 GEMMs would give here.
     for threads in args.threads:
         torch.set_num_threads(threads)
