@@ -2,7 +2,8 @@
 
     python scripts/loop_phases.py                                   # TD3 Pendulum, the peers' settings, 2 threads
     python scripts/loop_phases.py --algo ddpg
-    python scripts/loop_phases.py --set algo=dqn env=CartPole-v1 num_envs=64 --steps 60000 --learning-starts 10000
+    python scripts/loop_phases.py --algo dqn --threads 1 --steps 60000 --learning-starts 10000 \
+        --set env=CartPole-v1 num_envs=64 batch_size=128 hidden_sizes=[120,84] train_every=5 updates_per_train=32
 
 Wraps the calls the trainer makes every step (act, env send and recv, buffer add and sample, the
 agent's update) in wall-clock timers and runs training. Only the learning phase is counted (from
@@ -111,13 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     settings: dict[str, Any] = {**PEER_SETTINGS, "algo": args.algo, "total_steps": args.steps,
                                 "buffer_size": args.steps, "learning_starts": args.learning_starts,
-                                "threads": args.threads, "policy_delay": 2 if args.algo == "td3" else 1}
+                                "threads": args.threads}
     for item in args.set:
         key, _, raw = item.partition("=")
         try:
             settings[key.replace("-", "_")] = json.loads(raw)
         except ValueError:
             settings[key.replace("-", "_")] = raw
+    if settings["algo"] in ("td3", "ddpg"):  # the peers' delays; DQN rejects the setting outright
+        settings.setdefault("policy_delay", 2 if settings["algo"] == "td3" else 1)
     run_dir = tempfile.mkdtemp(prefix="loop_phases-")
     cfg = resolve({**settings, "run_dir": run_dir})
     spec, device = check_setup(cfg)
