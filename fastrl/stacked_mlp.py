@@ -151,7 +151,9 @@ def backward(weights: list[torch.Tensor], trace: Trace, grad_out: torch.Tensor,
         if i > 0:
             g = matmul(g, weights[i])
             # ReLU's gradient: pass where the layer's output (the next layer's input) was positive.
-            g = torch.ops.aten.threshold_backward(g, x, 0.0)
+            # In place: g is this function's own fresh product, still in cache; a new tensor costs
+            # a cold write stream as large as g.
+            torch.ops.aten.threshold_backward.grad_input(g, x, 0.0, grad_input=g)
         elif input_cols is not None:
             return matmul(g, weights[0][:, :, input_cols])
     return None
