@@ -7,8 +7,8 @@
 
 Wraps the calls the trainer makes every step (act, env send and recv, buffer add and sample, the
 agent's update) in wall-clock timers and runs training. Only the learning phase is counted (from
-the first update on). Timers rather than torch.profiler: on this 2-core CPU the profiler inflates
-small ops. Then the same act and sample calls are timed back to back (warm), and each after a 3 ms
+the first mini-batch sample on). Timers rather than torch.profiler: on this 2-core CPU the
+profiler inflates small ops. Then the same act and sample calls are timed back to back (warm), and each after a 3 ms
 sleep, for comparison: the loop's calls run with caches that the update (or any idle wait) left
 cold.
 """
@@ -40,7 +40,7 @@ PEER_SETTINGS = dict(env="Pendulum-v1", num_envs=1, batch_size=256, hidden_sizes
 
 
 class PhaseTimers:
-    """Accumulates seconds per wrapped call once `counting` is set (by the first update)."""
+    """Accumulates seconds per wrapped call once `counting` is set (by the first sample)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = collections.defaultdict(float)
@@ -127,12 +127,13 @@ def main(argv: list[str] | None = None) -> int:
 
     timers = PhaseTimers()
     agent_type = {"dqn": DQN, "ddpg": TD3, "td3": TD3}[cfg.algo]
-    timers.wrap(agent_type, "update", "update", starts_counting=True)
+    timers.wrap(agent_type, "update", "update")
     timers.wrap(agent_type, "act", "act")
     timers.wrap(TorchVecEnv, "send", "env send")
     timers.wrap(TorchVecEnv, "recv", "env recv")
     timers.wrap(ReplayBuffer, "add", "buffer add")
-    timers.wrap(ReplayBuffer, "sample_batches", "buffer sample")
+    # The learning phase starts with its first sample (counting from the first update would miss it).
+    timers.wrap(ReplayBuffer, "sample_batches", "buffer sample", starts_counting=True)
     timers.pause_during(train_module, "evaluate_policy")  # the eval envs' steps are not training steps
     t0 = time.perf_counter()
     try:

@@ -1,0 +1,47 @@
+"""The measurement scripts run end to end on tiny settings and print the tables BENCHMARKS.md quotes
+(their figures are not asserted: a benchmark measures, it does not assert a time)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(*args: str) -> str:
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ["--algo", "td3", "--steps", "700", "--learning-starts", "400", "--threads", "1",
+     "--set", "batch_size=32", "hidden_sizes=[16,16]"],
+    # the docstring's DQN form: settings of another algorithm must not leak in (they once did)
+    ["--algo", "dqn", "--steps", "1200", "--learning-starts", "400", "--threads", "1",
+     "--set", "env=CartPole-v1", "num_envs=8", "batch_size=32", "hidden_sizes=[16,16]", "train_every=2",
+     "updates_per_train=3"],
+])
+def test_loop_phases_times_every_call_of_the_learning_phase(args):
+    out = run_script("scripts/loop_phases.py", *args)
+    calls = {m.group(1).strip(): int(m.group(2))
+             for m in re.finditer(r"^(act|env send|buffer sample|update|env recv|buffer add)\s+(\d+)\s", out, re.M)}
+    assert set(calls) == {"act", "env send", "buffer sample", "update", "env recv", "buffer add"}
+    assert calls["act"] > 0 and calls["buffer sample"] > 0
+    if "--algo dqn" in " ".join(args):
+        assert calls["update"] == 3 * calls["buffer sample"]  # k = 3 mini-batches per sample call
+    assert "warm, back to back" in out and "after a 3 ms sleep" in out
+
+
+def test_flop_ceiling_prints_a_row_per_workload_with_the_matmuls_alone_bound():
+    out = run_script("scripts/flop_ceiling.py", "--threads", "1", "--algos", "dqn", "ddpg", "--repeats", "4")
+    rows = [line.split() for line in out.splitlines() if re.match(r"^\s+1\s+(dqn|ddpg)\s", line)]
+    assert [r[1] for r in rows] == ["dqn", "ddpg"]
+    for row in rows:
+        update_ms, matmuls_ms = float(row[5]), float(row[8])
+        assert float(row[2]) > 0 and 0 < matmuls_ms
+        # the replay holds only the update's matrix products, so it cannot take longer by much
+        assert matmuls_ms < 2 * update_ms
