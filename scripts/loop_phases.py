@@ -8,9 +8,9 @@
 Wraps the calls the trainer makes every step (act, env send and recv, buffer add and sample, the
 agent's update) in wall-clock timers and runs training. Only the learning phase is counted (from
 the first mini-batch sample on). Timers rather than torch.profiler: on this 2-core CPU the
-profiler inflates small ops. Then the same act and sample calls are timed back to back (warm), and each after a 3 ms
-sleep, for comparison: the loop's calls run with caches that the update (or any idle wait) left
-cold.
+profiler inflates small ops. Then the same act and sample calls are timed back to back (warm),
+and each after a 3 ms sleep, for comparison: the loop's calls run with caches that the update
+(or any idle wait) left cold.
 """
 
 from __future__ import annotations
