@@ -25,7 +25,7 @@ from fastrl.buffer import Batch
 from fastrl.config import TrainConfig
 from fastrl.cuda_graph import GraphedUpdate
 from fastrl.envs import EnvSpec
-from fastrl.fused_adam import FusedAdam, clip_grad_norm_, flatten_parameters_, preallocate_grads
+from fastrl.fused_adam import FusedAdam, clip_grad_norm_, flatten_parameters_, preallocate_grads, rebuildable_views
 from fastrl.networks import NatureCNN
 from fastrl.schedules import learning_rate, linear
 from fastrl.stacked_mlp import StackedMLP, backward
@@ -92,7 +92,8 @@ def make_mlp_update(q: StackedMLP, q_target: StackedMLP, optimizer: FusedAdam, g
     loss's gradient reaches the net only through the taken action's Q, so the output gradient is
     the one-hot of the action times d loss / d Q(s, a)."""
     weights = q.layers()[0]
-    weight_grads, bias_grads = [w.grad for w in q.weights], [b.grad for b in q.biases]
+    weight_grads = rebuildable_views([w.grad for w in q.weights])  # views of the flat gradient
+    bias_grads = rebuildable_views([b.grad for b in q.biases])
     action_ids = torch.arange(q.out_dim, dtype=torch.float32, device=weights[0].device)
 
     @torch.no_grad()
@@ -108,7 +109,7 @@ def make_mlp_update(q: StackedMLP, q_target: StackedMLP, optimizer: FusedAdam, g
         q_taken = (q_all[0] * taken).sum(-1)
         loss = td_loss(q_taken, target, loss_kind)
         d_q_taken = td_loss_grad(q_taken, target, loss_kind)
-        backward(weights, trace, (taken * d_q_taken.unsqueeze(-1)).unsqueeze(0), weight_grads, bias_grads)
+        backward(weights, trace, (taken * d_q_taken.unsqueeze(-1)).unsqueeze(0), weight_grads(), bias_grads())
         grad_norm = clip_grad_norm_(optimizer.grads, max_grad_norm)
         optimizer.step()
         return loss, q_taken.mean(), grad_norm

@@ -9,6 +9,8 @@ the parameters' preallocated `.grad` tensors, which the hand-written backward ov
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -41,6 +43,28 @@ def flatten_parameters_(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         p.grad = flat_grad[offset:offset + n].view_as(p)
         offset += n
     return flat, flat_grad
+
+
+def rebuildable_views(views: list[torch.Tensor]) -> Callable[[], list[torch.Tensor]]:
+    """A zero-argument function giving `views` back: the same list when run eagerly; inside
+    torch.compile, each view made afresh from the one tensor they all view (the flat gradient of
+    `flatten_parameters_`). A compiled graph then takes no view whose base is not itself an input:
+    torch 2.13 fails to build the guards for such an input on a cold compile cache ("sources must
+    not be empty for symbol", for the base's size), so every first `--compile` run crashed.
+    Tensors that view nothing are returned as they are."""
+    base = views[0]._base if views else None
+    if base is None or any(v._base is not base for v in views):
+        if any(v._base is not None for v in views):
+            raise ValueError("rebuildable_views: the views must all view one tensor, or none")
+        return lambda: views
+    layout = [(v.storage_offset() - base.storage_offset(), v.numel(), v.shape) for v in views]
+
+    def get() -> list[torch.Tensor]:
+        if torch.compiler.is_compiling():
+            return [base.reshape(-1).narrow(0, offset, n).view(shape) for offset, n, shape in layout]
+        return views
+
+    return get
 
 
 def clip_grad_norm_(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:

@@ -26,7 +26,7 @@ from fastrl.config import TrainConfig
 from fastrl.cuda_graph import GraphedUpdate
 from fastrl.dqn import total_updates
 from fastrl.envs import EnvSpec
-from fastrl.fused_adam import FusedAdam, clip_grad_norm_, flatten_parameters_
+from fastrl.fused_adam import FusedAdam, clip_grad_norm_, flatten_parameters_, rebuildable_views
 from fastrl.schedules import learning_rate
 from fastrl.stacked_mlp import StackedMLP, Trace, backward
 from fastrl.targets import TargetUpdater, make_target_updater
@@ -103,8 +103,9 @@ def critic_input(obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
 UpdateFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-def _grads(net: StackedMLP) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    return [w.grad for w in net.weights], [b.grad for b in net.biases]
+def _grads(net: StackedMLP) -> tuple[Callable[[], list[torch.Tensor]], Callable[[], list[torch.Tensor]]]:
+    """The net's weight and bias gradients, as `rebuildable_views` (they view the flat gradient)."""
+    return rebuildable_views([w.grad for w in net.weights]), rebuildable_views([b.grad for b in net.biases])
 
 
 def make_update(actor: Actor, critic: StackedMLP, actor_target: Actor, critic_target: StackedMLP,
@@ -135,7 +136,8 @@ def make_update(actor: Actor, critic: StackedMLP, actor_target: Actor, critic_ta
         q_out, trace = critic.forward_traced(critic_input(obs, actions))
         q = q_out[..., 0]
         loss = critic_loss(q, target)
-        backward(critic_weights, trace, ((2.0 / batch) * (q - target)).unsqueeze(-1), critic_w_grads, critic_b_grads)
+        backward(critic_weights, trace, ((2.0 / batch) * (q - target)).unsqueeze(-1), critic_w_grads(),
+                 critic_b_grads())
         grad_norm = clip_grad_norm_(critic_grads, max_grad_norm)
         critic_opt.step()
 
@@ -148,7 +150,7 @@ def make_update(actor: Actor, critic: StackedMLP, actor_target: Actor, critic_ta
             d_action = backward(first_critic_weights, q1_trace, d_q1, None, None,
                                 input_cols=slice(obs.flatten(1).shape[1], None))
             d_pre = d_action * (half_width * (1.0 - tanh_out.square()))  # through action = mid + hw·tanh
-            backward(actor_weights, actor_trace, d_pre, actor_w_grads, actor_b_grads)
+            backward(actor_weights, actor_trace, d_pre, actor_w_grads(), actor_b_grads())
             if max_grad_norm > 0:  # the actor's norm is not logged: compute it only to clip
                 clip_grad_norm_(actor_grads, max_grad_norm)
             actor_opt.step()

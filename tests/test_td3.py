@@ -11,7 +11,7 @@ from torch import nn
 
 from fastrl.config import ConfigError, TrainConfig, resolve
 from fastrl.envs import EnvSpec
-from fastrl.fused_adam import FusedAdam, flatten_parameters_
+from fastrl.fused_adam import FusedAdam, flatten_parameters_, rebuildable_views
 from fastrl.stacked_mlp import StackedMLP, backward
 from fastrl.td3 import (
     box_fraction, build_ddpg, build_td3, critic_input, critic_loss, explore, smooth_target_action, td_target, to_box,
@@ -142,6 +142,20 @@ def test_acting_path_equals_the_stacked_forward_and_follows_moved_parameters(bat
     assert not torch.allclose(clone.forward_one(x), net.forward_one(x))
 
 
+def test_rebuildable_views_give_the_same_memory_eagerly_and_refuse_mixed_bases():
+    net = StackedMLP(1, 3, (8,), 2)
+    _flat, flat_grad = flatten_parameters_(net)
+    grads = [w.grad for w in net.weights]
+    get = rebuildable_views(grads)
+    assert get() is grads
+    rebuilt = [flat_grad.narrow(0, g.storage_offset(), g.numel()).view(g.shape) for g in grads]
+    assert all(a.data_ptr() == b.data_ptr() and a.shape == b.shape for a, b in zip(rebuilt, grads))
+    plain = [torch.zeros(2), torch.zeros(3)]
+    assert rebuildable_views(plain)() is plain
+    with pytest.raises(ValueError, match="one tensor, or none"):
+        rebuildable_views([grads[0], torch.zeros(2)])
+
+
 def test_fused_adam_equals_torch_adam_and_restores_its_state():
     torch.manual_seed(0)
     mine = [nn.Parameter(torch.randn(3, 4)), nn.Parameter(torch.randn(5))]
@@ -228,9 +242,9 @@ def test_update_equals_autograd_reference(algo, update_actor):
     assert moved == update_actor
 
 
-@pytest.mark.slow
-def test_compiled_update_equals_eager():
-    """The update is one compile-able function (graph breaks only where torch.optim puts them)."""
+def test_compiled_update_equals_eager(cold_compile):
+    """The update is one compile-able function (graph breaks only where torch.optim puts them), and
+    it compiles cold: its gradients view one flat tensor (see `fused_adam.rebuildable_views`)."""
     spec = _spec(obs_dim=4, low=(-1.0,), high=(2.0,))
     cfg = TrainConfig(algo="td3", hidden_sizes=(32, 32), lr=1e-3, max_grad_norm=1.0)
     torch.manual_seed(0)
