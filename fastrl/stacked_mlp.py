@@ -106,6 +106,8 @@ class StackedMLP(nn.Module):
         """(Wᵀ, b, W, b as a column) of member 0 per layer, views of the parameters. Rebuilt when
         the parameters move to new storage (`.to()`, `flatten_parameters_`); in-place updates
         (optimizer steps, load_state_dict) keep the views current."""
+        if torch.compiler.is_compiling():  # traced (a compiled acting policy): views are graph ops
+            return [(w[0].mT, b[0], w[0], b[0].unsqueeze(1)) for w, b in zip(self._weights, self._biases)]
         storage = tuple(p.data_ptr() for p in self._weights)
         if storage != self._plain_of:
             pairs = [(w.detach()[0], b.detach()[0]) for w, b in zip(self._weights, self._biases)]

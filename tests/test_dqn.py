@@ -97,7 +97,8 @@ def test_flat_parameters_are_the_module_parameters():
 
 
 def test_built_agent_compiles_cold_and_matches_eager(cold_compile):
-    """The trainer's DQN (flat parameters and gradients) under --compile, on a cold compile cache."""
+    """The trainer's DQN (flat parameters and gradients) under --compile, on a cold compile cache,
+    acting policy included."""
     spec = lookup_spec("CartPole-v1")
     cfg = resolve(dict(algo="dqn", env="CartPole-v1", batch_size=32, hidden_sizes=(16, 16), lr_schedule="constant"))
     torch.manual_seed(0)
@@ -110,6 +111,8 @@ def test_built_agent_compiles_cold_and_matches_eager(cold_compile):
             torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)
     for a, c in zip(eager.q.parameters(), compiled.q.parameters()):
         torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)
+    obs = torch.randn(64, 4)  # the compiled acting policy picks the same actions
+    assert torch.equal(compiled.greedy(obs), eager.greedy(obs))
 
 
 def test_compiled_update_equals_eager():

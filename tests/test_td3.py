@@ -244,7 +244,8 @@ def test_update_equals_autograd_reference(algo, update_actor):
 
 def test_compiled_update_equals_eager(cold_compile):
     """The update is one compile-able function (graph breaks only where torch.optim puts them), and
-    it compiles cold: its gradients view one flat tensor (see `fused_adam.rebuildable_views`)."""
+    it compiles cold: its gradients view one flat tensor (see `fused_adam.rebuildable_views`). So
+    does the acting policy."""
     spec = _spec(obs_dim=4, low=(-1.0,), high=(2.0,))
     cfg = TrainConfig(algo="td3", hidden_sizes=(32, 32), lr=1e-3, max_grad_norm=1.0)
     torch.manual_seed(0)
@@ -259,6 +260,10 @@ def test_compiled_update_equals_eager(cold_compile):
     for a, c in zip(list(eager.actor.parameters()) + list(eager.critic.parameters()),
                     list(compiled.actor.parameters()) + list(compiled.critic.parameters())):
         torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
+    # the compiled acting policy, with the exploration noise drawn eagerly from the same generator state
+    obs = torch.randn(5, 4)
+    torch.testing.assert_close(compiled.act(obs, 0), eager.act(obs, 0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(compiled.greedy(obs), eager.greedy(obs), rtol=1e-5, atol=1e-5)
 
 
 def test_policy_delay_updates_actor_and_targets_every_d_critic_updates():
