@@ -220,7 +220,7 @@ def build_dqn(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile
     targets = make_target_updater([(q, q_target)], cfg.target_update, cfg.tau, cfg.target_period)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed + 1)
-    # The acting policy is compiled with the update (on CUDA its few small kernels fuse); the
+    # The acting policy is compiled with the update (so that on CUDA its small kernels can fuse); the
     # epsilon draw stays eager, as it uses the agent's generator.
     greedy = torch.compile(make_greedy(q)) if use_compile else make_greedy(q)
     return DQN(spec, cfg, q, q_target, optimizer, targets, update_fn, generator, device, total_updates(cfg), greedy)

@@ -269,7 +269,7 @@ def _build(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile: b
                                   cfg.target_period)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed + 1)
-    # The acting policy is compiled with the update (on CUDA its few small kernels fuse); the
+    # The acting policy is compiled with the update (so that on CUDA its small kernels can fuse); the
     # exploration noise stays eager, as it draws from the agent's generator.
     policy = torch.compile(actor.act) if use_compile else actor.act
     return TD3(spec, cfg, actor, critic, actor_target, critic_target, critic_opt, actor_opt, targets, update_fn,
