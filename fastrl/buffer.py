@@ -308,10 +308,12 @@ class ReplayBuffer:
         return self._ring.index_select(0, draw)
 
     def gather(self, rows: torch.Tensor) -> Batch:
-        flat = rows.reshape(-1)
+        lead = rows.shape
+        stacked = len(lead) != 1  # [k, B] rows: the gathered rows get their leading dims back
+        flat = rows.reshape(-1) if stacked else rows
         pairs = self._pairs.index_select(0, flat)
-        if rows.dim() != 1:
-            pairs = pairs.view(*rows.shape, 2 * self._row_width)
+        if stacked:
+            pairs = pairs.view(*lead, 2 * self._row_width)
         d, a = self._obs_size, self._act_size
         # One split_with_sizes and one unbind: each torch call here costs ~1-3 us warm and ~10 us in
         # the training loop's cold caches, so the fields come out of the fewest calls.
@@ -320,11 +322,10 @@ class ReplayBuffer:
         else:
             obs, next_obs = pairs.split_with_sizes([d, d], dim=-1)
             scalars = self.scalars.index_select(0, flat)
-            if rows.dim() != 1:
-                scalars = scalars.view(*rows.shape, 2 + a)
+            if stacked:
+                scalars = scalars.view(*lead, 2 + a)
             reward_terminated, actions = scalars.split_with_sizes([2, a], dim=-1)
         rewards, terminated = reward_terminated.unbind(-1)
-        lead = rows.shape
         if len(self.obs_shape) != 1:
             obs, next_obs = obs.view(*lead, *self.obs_shape), next_obs.view(*lead, *self.obs_shape)
         if self.action_shape != (a,):  # discrete actions: () per transition
