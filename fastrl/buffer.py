@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fastrl.config import ConfigError
+from fastrl.settings import ConfigError
 
 
 @dataclass
