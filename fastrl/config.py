@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from fastrl.learner import PRECISIONS
 from fastrl.registry import ALGORITHMS
 from fastrl.settings import (
     ConfigError, check_field, flag, in_range, non_negative, non_negative_int, positive, positive_int, setting,
@@ -92,6 +93,10 @@ class CommonSettings:
         "auto", "how gradients are formed: autograd, or the hand-written ReLU-MLP backward (manual; DQN on "
                 "vector observations, DDPG, TD3); auto = manual for those on CPU, autograd elsewhere",
         choices=GRADIENTS)
+    precision: str = setting(
+        "fp32", "dtype of the updates' matrix products: bf16 multiplies bf16 copies of fp32 master weights "
+                "(gradients, clipping, Adam, target nets, TD targets, losses and the output layer stay fp32; fast "
+                "where the CPU has AVX512-BF16/AMX, and on GPUs)", choices=tuple(PRECISIONS))
     device: str = setting("auto", "auto picks cuda when available", choices=DEVICES)
     threads: int = setting(0, "torch intra-op threads (0 = auto: on CPU, all cores from batch 256 at width 256, "
                               "else 1)", check=non_negative_int)

@@ -24,7 +24,7 @@ from fastrl.algorithm import Algorithm
 from fastrl.buffer import Batch
 from fastrl.cuda_graph import GraphedUpdate
 from fastrl.fused_adam import FusedAdam, flatten_parameters_, rebuildable_views
-from fastrl.learner import clip_and_step, grads_into_
+from fastrl.learner import PRECISIONS, autocast, clip_and_step, grads_into_
 from fastrl.networks import NatureCNN
 from fastrl.schedules import learning_rate, linear, planned_updates
 from fastrl.settings import ConfigError, in_range, setting
@@ -98,7 +98,7 @@ def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q_target: to
     else:
         best = next_q_online.argmax(dim=-1, keepdim=True)
         next_value = next_q_target.gather(-1, best).squeeze(-1)
-    return torch.addcmul(rewards, 1.0 - terminated, next_value, value=gamma)
+    return torch.addcmul(rewards, 1.0 - terminated, next_value.float(), value=gamma)
 
 
 def td_loss(q_taken: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
@@ -122,11 +122,12 @@ def q_loss(q: QNet, q_target: QNet, obs: torch.Tensor, actions: torch.Tensor, re
            next_obs: torch.Tensor, terminated: torch.Tensor, gamma: float, double: bool,
            kind: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The DQN loss of one mini-batch, and its metrics. No gradient flows through the target
-    (nor, with Double DQN, through the online net's choice of a*)."""
+    (nor, with Double DQN, through the online net's choice of a*). The loss is taken in fp32 (under
+    autocast too)."""
     with torch.no_grad():
         next_q_online = q(next_obs) if double else None
         target = td_target(rewards, terminated, q_target(next_obs), next_q_online, gamma)
-    q_taken = q(obs).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+    q_taken = q(obs).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1).float()
     loss = td_loss(q_taken, target, kind)
     return loss, {"mean_q": q_taken.detach().mean()}
 
@@ -138,12 +139,15 @@ UpdateFn = Callable[..., dict[str, torch.Tensor]]
 
 def make_autograd_update(q: QNet, q_target: QNet, params: list[torch.Tensor], flat_grad: torch.Tensor,
                          optimizer: FusedAdam, gamma: float, double: bool, loss_kind: str,
-                         max_grad_norm: float) -> UpdateFn:
-    """`q_loss`, differentiated by autograd into the flat gradient, clipped, one Adam step."""
+                         max_grad_norm: float, dtype: torch.dtype = torch.float32) -> UpdateFn:
+    """`q_loss`, differentiated by autograd into the flat gradient, clipped, one Adam step; the
+    forward passes and the loss under `autocast` to `dtype`."""
 
     def update(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
                terminated: torch.Tensor) -> dict[str, torch.Tensor]:
-        loss, metrics = q_loss(q, q_target, obs, actions, rewards, next_obs, terminated, gamma, double, loss_kind)
+        with autocast(flat_grad.device, dtype):
+            loss, metrics = q_loss(q, q_target, obs, actions, rewards, next_obs, terminated, gamma, double,
+                                   loss_kind)
         grads_into_(loss, params, flat_grad)
         grad_norm = clip_and_step(optimizer, max_grad_norm)
         return {"loss": loss.detach(), **metrics, "grad_norm": grad_norm}
@@ -155,17 +159,16 @@ def make_manual_update(q: StackedMLP, q_target: StackedMLP, optimizer: FusedAdam
                        double: bool, loss_kind: str, max_grad_norm: float) -> UpdateFn:
     """`q_loss` for a one-member `StackedMLP` Q-net, with its backward written out: the loss's
     gradient reaches the net only through the taken action's Q, so the output gradient is the
-    one-hot of the action times d loss / d Q(s, a)."""
-    weights = q.layers()[0]
+    one-hot of the action times d loss / d Q(s, a). Products in the nets' `compute_dtype`."""
     weight_grads = rebuildable_views([w.grad for w in q.weights])  # views of the flat gradient
     bias_grads = rebuildable_views([b.grad for b in q.biases])
-    action_ids = torch.arange(q.out_dim, dtype=torch.float32, device=weights[0].device)
+    action_ids = torch.arange(q.out_dim, dtype=torch.float32, device=q.weights[0].device)
 
     @torch.no_grad()
     def update(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
                terminated: torch.Tensor) -> dict[str, torch.Tensor]:
-        next_q_target = q_target(next_obs.flatten(1))[0]
-        next_q_online = q(next_obs.flatten(1))[0] if double else None
+        next_q_target = q_target.infer(next_obs.flatten(1))[0]
+        next_q_online = q.infer(next_obs.flatten(1))[0] if double else None
         target = td_target(rewards, terminated, next_q_target, next_q_online, gamma)
         q_all, trace = q.forward_traced(obs.flatten(1))
         # One-hot of the taken action: its product with Q picks Q(s, a), and the same mask routes
@@ -174,8 +177,9 @@ def make_manual_update(q: StackedMLP, q_target: StackedMLP, optimizer: FusedAdam
         q_taken = (q_all[0] * taken).sum(-1)
         loss = td_loss(q_taken, target, loss_kind)
         d_q_taken = td_loss_grad(q_taken, target, loss_kind)
-        backward(weights, trace, (taken * d_q_taken.unsqueeze(-1)).unsqueeze(0), weight_grads(), bias_grads())
+        backward(trace, (taken * d_q_taken.unsqueeze(-1)).unsqueeze(0), weight_grads(), bias_grads())
         grad_norm = clip_and_step(optimizer, max_grad_norm)
+        q.weights_changed()
         return {"loss": loss, "mean_q": q_taken.mean(), "grad_norm": grad_norm}
 
     return update
@@ -262,10 +266,11 @@ def make_greedy(q: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def build_dqn(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile: bool) -> DQN:
+    dtype = PRECISIONS[cfg.precision]
     if spec.is_image:
         q: nn.Module = NatureCNN(spec.obs_shape, cfg.hidden_sizes, spec.num_actions).to(device)
     else:
-        q = StackedMLP(1, math.prod(spec.obs_shape), cfg.hidden_sizes, spec.num_actions).to(device)
+        q = StackedMLP(1, math.prod(spec.obs_shape), cfg.hidden_sizes, spec.num_actions, dtype).to(device)
     q_target = copy.deepcopy(q).requires_grad_(False)
     # The parameters (and gradients) share one flat tensor: the clip and the fused Adam step are
     # single-tensor ops, and torch.optim's per-step Python (~50 us on the CI CPU) is not paid.
@@ -279,7 +284,7 @@ def build_dqn(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile
             q_fn, target_fn = q, q_target
         else:
             q_fn, target_fn = (lambda x: q(x.flatten(1))[0]), (lambda x: q_target(x.flatten(1))[0])
-        update_fn = make_autograd_update(q_fn, target_fn, list(q.parameters()), flat_grad, optimizer, *args)
+        update_fn = make_autograd_update(q_fn, target_fn, list(q.parameters()), flat_grad, optimizer, *args, dtype)
     if use_compile:
         update_fn = torch.compile(update_fn)
     if cfg.cuda_graph:

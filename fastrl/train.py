@@ -212,7 +212,7 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
         restore(resume, agent, buffer)
     print(f"fastrl: {resume_note(resume, cfg)}{cfg.algo} on {cfg.env} ({spec.backend}), seed {cfg.seed}, "
           f"device {device}, compile {use_compile}{', CUDA graph' if cfg.cuda_graph else ''}, "
-          f"{cfg.num_envs} envs, {cfg.total_steps} steps, "
+          f"precision {cfg.precision}, {cfg.num_envs} envs, {cfg.total_steps} steps, "
           f"batch {cfg.batch_size}, {cfg.updates_per_train} updates every {cfg.train_every} vector steps "
           f"(updates/transition {cfg.updates_per_transition:.4g}, replay ratio {cfg.replay_ratio:.4g}); "
           f"run folder {run_dir}", file=sys.stderr)
@@ -337,7 +337,7 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
         "buffer_bytes": buffer.nbytes,
         "updates_per_transition": cfg.updates_per_transition, "replay_ratio": cfg.replay_ratio,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "torch_version": torch.__version__, "compile": use_compile,
+        "torch_version": torch.__version__, "compile": use_compile, "precision": cfg.precision,
         "interrupted": (stop.requested and vector_step + 1 < cfg.num_vector_steps) or forced_stop,
         "stop_signal": stop.name or None, "exit_code": stop.exit_code if stop.requested else 0,
         "forced_stop": forced_stop, "error": str(failure) if failure else None,

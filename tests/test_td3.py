@@ -92,7 +92,7 @@ def test_twin_critic_batch_equals_two_separate_critics():
     b_grads = [torch.empty_like(b) for b in twin.biases]
     with torch.no_grad():
         _, trace = twin.forward_traced(x)
-        backward(list(twin.weights), trace, g, w_grads, b_grads)
+        backward(trace, g, w_grads, b_grads)
     for e in range(2):
         (separate[e](x) * g[e]).sum().backward()
         linears = [m for m in separate[e] if isinstance(m, nn.Linear)]
@@ -115,7 +115,7 @@ def test_handwritten_backward_equals_autograd(members, in_dim, hidden, out_dim):
     b_grads = [torch.empty_like(b) for b in net.biases]
     with torch.no_grad():
         _, trace = net.forward_traced(x.detach())
-        d_input = backward(list(net.weights), trace, g, w_grads, b_grads, input_cols=slice(1, None))
+        d_input = backward(trace, g, w_grads, b_grads, input_cols=slice(1, None))
     for mine, param in zip(w_grads + b_grads, list(net.weights) + list(net.biases)):
         torch.testing.assert_close(mine, param.grad, rtol=1e-4, atol=1e-5)
     # the input is shared by the members, so its gradient is the sum over members
