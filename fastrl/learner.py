@@ -32,7 +32,9 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
     their differences: autocast leaves other ops in the dtype of their inputs."""
     if dtype == torch.float32:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    # No cast cache: an update uses each weight once per region, so it saves nothing, and a cache
+    # is what CUDA-graph capture of autocast regions must not hold (torch's CUDA-graph notes).
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
 
 
 def grads_into_(loss: torch.Tensor, params: list[torch.Tensor], flat_grad: torch.Tensor) -> None:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from fastrl.config import resolve
+from fastrl.learner import PRECISIONS
 from fastrl.train import check_setup, train
 
 
@@ -148,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="dqn: CleanRL's MSE without clipping (default), or SB3's Huber clipped at 10")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads, the same for both sides (default 1, fastrl's CPU default)")
+    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
+                        help="fastrl's --precision (SB3 trains in fp32 either way)")
     parser.add_argument("--run-dir", default="runs/compare", help="fastrl run folders go here")
     parser.add_argument("--out", default=None, help="write all results as JSON here")
     args = parser.parse_args(argv)
@@ -159,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or (100_000 if args.workload == "dqn" else 15_000)
     work = (dqn_workload(steps, args.fastrl_envs, args.dqn_loss) if args.workload == "dqn"
             else WORKLOADS[args.workload](steps, args.fastrl_envs))
+    work.fastrl["precision"] = args.precision
     # Imports stay out of the timing on both sides: fastrl plots its learning curve with matplotlib
     # and builds envpool envs (whose import registers every env id).
     import envpool  # noqa: F401

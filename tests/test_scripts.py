@@ -45,3 +45,12 @@ def test_flop_ceiling_prints_a_row_per_workload_with_the_matmuls_alone_bound():
         assert float(row[2]) > 0 and 0 < matmuls_ms
         # the replay holds only the update's matrix products, so it cannot take longer by much
         assert matmuls_ms < 2 * update_ms
+
+
+def test_precision_bench_prints_both_precisions_and_their_ratio():
+    out = run_script("scripts/precision_bench.py", "--threads", "1", "--algos", "ddpg", "dqn", "--updates", "3",
+                     "--repeats", "1")
+    rows = [line.split() for line in out.splitlines() if re.match(r"^\s+1\s+(ddpg|dqn)\s", line)]
+    assert [r[1] for r in rows] == ["ddpg", "dqn"]
+    for row in rows:
+        assert row[2] == "manual" and float(row[3]) > 0 and float(row[4]) > 0 and row[5].endswith("x")
