@@ -15,13 +15,14 @@ Tests check every gradient against autograd.
 
 Precision (`compute_dtype`, from `--precision`): in bf16 the hand-written path multiplies bf16
 copies of the fp32 master weights, made once per change of the weights (an optimizer step, a
-target update, a load: `weights_changed`), never per forward, and keeps its activations in bf16.
-The output layer and a narrow-input first layer stay fp32 (see `low_precision_layers`). Gradients land in the fp32 flat gradient: each
-weight-gradient product runs in bf16 (MKL/oneDNN accumulate its sum over the batch in fp32) and its
-result is rounded once to bf16 and converted into the fp32 view. That rounding is a relative error
-of at most 2^-9 per element, unbiased, far below the mini-batch noise of the gradient, and Adam
-divides each element by its own running scale; doing the product in fp32 instead would give back
-most of what bf16 gains, as these products are a third of the update's FLOPs.
+target update, a load: `weights_changed`), never per forward, and keeps the activations between
+those layers in bf16. The output layer and a narrow-input first layer stay fp32
+(`low_precision_layers`). Gradients land in the fp32 flat gradient: each bf16 weight-gradient
+product accumulates its sum over the batch in fp32 inside oneDNN, and its result is rounded once
+to bf16 and converted into the fp32 view. That is a relative error of at most 2^-9 per element,
+unbiased, far below the mini-batch noise of the gradient, which Adam then divides by each
+element's own running scale. Forming these products in fp32 from bf16-cast inputs instead made
+the whole TD3 update ~20% slower.
 """
 
 from __future__ import annotations
@@ -81,12 +82,12 @@ def relu_backward_(g: torch.Tensor, x: torch.Tensor) -> None:
 
 
 def low_precision_layers(sizes: list[int]) -> tuple[int, ...]:
-    """The layers (indices) that may multiply in bf16, of an MLP with layer widths `sizes`: all but
-    the output layer, whose outputs are the Q values and actions that losses take small differences
-    of (bf16 resolves 1 part in 256: a Q of -300 to about ±1, the size of a TD error), and but a
-    layer with a narrow input (< NARROW features: observations and actions), where bf16 products
-    ran slower than fp32 ones (K = 4: 69 against 33 us on the CI CPU) and rounding the inputs
-    costs most."""
+    """The layers (indices) that may multiply in bf16, of an MLP with layer widths `sizes`. Not
+    the output layer: its outputs are the Q values and actions that losses take small differences
+    of, and bf16 resolves 1 part in 256 (a Q of -300 to about ±1, the size of a TD error). Nor a
+    layer with a narrow input (< NARROW features: raw observations and actions): there bf16
+    products ran at half the speed of fp32 ones on the AVX512-BF16 CPU, and rounding the inputs
+    costs the most."""
     last = len(sizes) - 2
     return tuple(i for i in range(last) if sizes[i] >= NARROW)
 
@@ -156,7 +157,7 @@ class StackedMLP(nn.Module):
         for i, (w, b) in enumerate(zip(weights, biases)):
             h = linear(h, w, b) if i in self.low_precision_layers else fp32_linear(h, w, b)
             if i < len(weights) - 1:
-                h = h.relu_()  # not `relu_`: autograd cannot see through its int16 view
+                h = h.relu_()  # ATen's: autograd cannot differentiate `relu_`'s int16 view
         return h
 
     def forward_one(self, x: torch.Tensor) -> torch.Tensor:
@@ -239,9 +240,9 @@ class StackedMLP(nn.Module):
     def weights_changed(self) -> None:
         """Say that the weights were changed in place (an optimizer step, a target update): the
         low-precision copies are remade on next use. (Version counters cannot tell: the fused Adam
-        kernel bumps none, and a flat parameter's views count apart from it.)"""
-        if not torch.compiler.is_compiling():  # compiled code makes its copies in the graph
-            self._low = None
+        kernel bumps none, and a flat parameter's views count apart from it.) Compiled code makes
+        its copies in the graph; it calls this too, for any eager use after it."""
+        self._low = None
 
     @staticmethod
     def _loaded(module: StackedMLP, _incompatible_keys: object) -> None:

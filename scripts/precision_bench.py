@@ -2,11 +2,14 @@
 
     python scripts/precision_bench.py                      # TD3 Pendulum, batch 256, 256-256, 2 threads
     python scripts/precision_bench.py --algos td3 ddpg dqn --threads 1 2 --gradients manual autograd
+    python scripts/precision_bench.py --threads 1 --clock cpu   # on a machine others are loading
 
 Each variant is an agent built as the trainer builds it (same seed, so the same initial weights),
 fed the same mini-batches. A repeat times `--updates` calls of `agent.update` after a warm-up; the
 variants take turns repeat by repeat, so a change in the machine's load hits both alike, and the
-median of `--repeats` repeats is kept. On a loaded machine trust the ratio, not the milliseconds.
+median of `--repeats` repeats is kept. On a loaded machine trust the ratio, not the milliseconds;
+there `--clock cpu` (this process's CPU time) is inflated far less than wall time by other
+processes, but only on one thread: with more it also counts OpenMP's spin-waits.
 """
 
 from __future__ import annotations
@@ -40,11 +43,11 @@ def build(algo: str, precision: str, gradients: str):
     return ALGORITHMS[algo].build(spec, cfg, torch.device("cpu"), False), spec, cfg
 
 
-def seconds_per_update(agent, batches: list, updates: int) -> float:
-    t0 = time.perf_counter()
+def seconds_per_update(agent, batches: list, updates: int, clock=time.perf_counter) -> float:
+    t0 = clock()
     for i in range(updates):
         agent.update(batches[i % len(batches)])
-    return (time.perf_counter() - t0) / updates
+    return (clock() - t0) / updates
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gradients", nargs="+", default=["manual"], choices=["manual", "autograd"])
     parser.add_argument("--updates", type=int, default=200, help="updates per timed repeat")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     args = parser.parse_args(argv)
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     print(f"{'threads':>7} {'algo':>5} {'gradients':>9} " + " ".join(f"{p + ' ms':>9}" for p in PRECISIONS)
           + f" {'fp32/bf16':>9}")
     for threads in args.threads:
@@ -70,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
                 times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
                 for _ in range(args.repeats):
                     for precision, (agent, batches) in agents.items():
-                        times[precision].append(seconds_per_update(agent, batches, args.updates))
+                        times[precision].append(seconds_per_update(agent, batches, args.updates, clock))
                 median = {p: statistics.median(t) for p, t in times.items()}
-                print(f"{threads:>7} {algo:>5} {gradients:>9} " + " ".join(f"{median[p] * 1e3:>9.3f}" for p in PRECISIONS)
-                      + f" {median['fp32'] / median['bf16']:>8.2f}x")
+                cells = " ".join(f"{median[p] * 1e3:>9.3f}" for p in PRECISIONS)
+                print(f"{threads:>7} {algo:>5} {gradients:>9} {cells} {median['fp32'] / median['bf16']:>8.2f}x")
     return 0
 
 

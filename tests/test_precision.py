@@ -209,6 +209,11 @@ def test_compiled_bf16_update_equals_eager(gradients, cold_compile):
                     [*compiled.actor.parameters(), *compiled.critic.parameters(),
                      *compiled.critic_target.parameters()]):
         torch.testing.assert_close(c, a, rtol=1e-2, atol=1e-4)
+    if gradients == "manual":  # an eager forward after compiled steps reads fresh copies
+        for net in _stacked(compiled):
+            weights = net.compute_layers()[0]
+            assert all(torch.equal(weights[i], net.weights[i].detach().to(torch.bfloat16))
+                       for i in net.low_precision_layers)
 
 
 @pytest.mark.cuda
