@@ -49,9 +49,18 @@ def _member0(net):
     return lambda x: net(x.flatten(1))[0]
 
 
+def _replay_extras(n, seed, weighted):
+    """n-step discounts (γ^m, m in 1..3) and importance weights, as a prioritized n-step batch has."""
+    if not weighted:
+        return None, None
+    g = torch.Generator().manual_seed(100 + seed)
+    return 0.99 ** torch.randint(1, 4, (n,), generator=g).float(), torch.rand(n, generator=g) + 0.1
+
+
+@pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("loss,double,clip", [("huber", True, 10.0), ("huber", False, 0.05), ("mse", False, 0.05),
                                               ("mse", True, 0.0)])
-def test_manual_gradients_equal_autograd_of_the_same_loss(loss, double, clip):
+def test_manual_gradients_equal_autograd_of_the_same_loss(loss, double, clip, weighted):
     """The hand-written backward against autograd of `q_loss`, step by step from the same weights:
     the gradient itself (after clipping: with a binding clip its direction; its scale through the
     returned pre-clip norm), the norm, the loss, and the weights after each Adam step. Comparing
@@ -66,9 +75,10 @@ def test_manual_gradients_equal_autograd_of_the_same_loss(loss, double, clip):
     for step in range(5):
         b = _batch(seed=step)
         actions = b.actions.float()  # as the buffer delivers them
-        out_m = manual(b.obs, actions, b.rewards, b.next_obs, b.terminated)
-        out_a = autograd(b.obs, actions, b.rewards, b.next_obs, b.terminated)
-        assert out_m.keys() == out_a.keys() == {"loss", "mean_q", "grad_norm"}
+        discount, weights = _replay_extras(64, step, weighted)
+        out_m = manual(b.obs, actions, b.rewards, b.next_obs, b.terminated, discount, weights)
+        out_a = autograd(b.obs, actions, b.rewards, b.next_obs, b.terminated, discount, weights)
+        assert out_m.keys() == out_a.keys() == {"loss", "mean_q", "grad_norm"} | ({"td_abs"} if weighted else set())
         for name in out_m:
             torch.testing.assert_close(out_m[name], out_a[name], rtol=1e-5, atol=1e-6, msg=name)
         torch.testing.assert_close(o1.grads[0], o2.grads[0], rtol=1e-5, atol=1e-7)

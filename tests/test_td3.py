@@ -253,15 +253,16 @@ def test_update_equals_plain_autograd_reference(algo, update_actor, gradients):
     assert ("actor_loss" in out) == update_actor
 
 
+@pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("algo", ["td3", "ddpg"])
-def test_manual_gradients_equal_autograd_over_several_clipped_steps(algo):
+def test_manual_gradients_equal_autograd_over_several_clipped_steps(algo, weighted):
     """The hand-written backward against autograd of the same losses, in lockstep from the same
     weights, with a clip that binds: every step's gradients (critic and actor), pre-clip norms,
     losses and weights agree."""
     spec = _spec(obs_dim=5, low=(-1.0, 0.0), high=(1.0, 3.0))
     agents = []
     for gradients in ("manual", "autograd"):
-        cfg = TrainConfig(algo=algo, hidden_sizes=(32, 32), lr=1e-3, max_grad_norm=0.2, gamma=0.9,
+        cfg = TrainConfig(algo=algo, hidden_sizes=(32, 32), lr=1e-3, max_grad_norm=0.1, gamma=0.9,
                           policy_delay=2 if algo == "td3" else 1, gradients=gradients)
         torch.manual_seed(3)
         agents.append((build_td3 if algo == "td3" else build_ddpg)(spec, cfg, torch.device("cpu"), False))
@@ -270,12 +271,15 @@ def test_manual_gradients_equal_autograd_over_several_clipped_steps(algo):
         batch = _batch(spec, seed=step)
         normal = torch.randn(64, 2) if algo == "td3" else None
         update_actor = algo == "ddpg" or step % 2 == 1
-        out_m = manual.update_fn(*batch, normal, update_actor)
-        out_a = autograd.update_fn(*batch, normal, update_actor)
-        assert out_m.keys() == out_a.keys()
+        g = torch.Generator().manual_seed(100 + step)  # n-step discounts and importance weights
+        extras = (0.9 ** torch.randint(1, 4, (64,), generator=g).float(), torch.rand(64, generator=g) + 0.1) \
+            if weighted else (None, None)
+        out_m = manual.update_fn(*batch, normal, update_actor, *extras)
+        out_a = autograd.update_fn(*batch, normal, update_actor, *extras)
+        assert out_m.keys() == out_a.keys() and ("td_abs" in out_m) == weighted
         for name in out_m:
             torch.testing.assert_close(out_m[name], out_a[name], rtol=1e-5, atol=1e-6, msg=name)
-        assert out_m["grad_norm"] > 0.2  # the clip binds
+        assert out_m["grad_norm"] > 0.1  # the clip binds
         torch.testing.assert_close(manual.critic_opt.grads[0], autograd.critic_opt.grads[0], rtol=1e-5, atol=1e-7)
         if update_actor:
             torch.testing.assert_close(manual.actor_opt.grads[0], autograd.actor_opt.grads[0], rtol=1e-5, atol=1e-7)
