@@ -436,3 +436,16 @@ def test_halfcheetah_runs_end_to_end(tmp_path):
     summary = train(cfg, spec, device, 0.0)
     assert summary["env_steps"] == 1_500 and summary["updates"] > 0
     assert math.isfinite(summary["final_eval_return_mean"])
+
+
+def test_image_observations_are_refused_for_the_mlp_actor_critics():
+    """TD3/DDPG/SAC nets are MLPs over vector observations: image bytes would reach them raw."""
+    import dataclasses
+
+    from fastrl.td3 import check_spec
+
+    image = dataclasses.replace(_spec(), obs_shape=(4, 40, 48), obs_dtype=torch.uint8)
+    assert image.is_image
+    with pytest.raises(ConfigError, match="^--env: .* observes images .* use --algo dqn"):
+        check_spec(TrainConfig(algo="td3"), image)
+    check_spec(TrainConfig(algo="td3"), _spec())  # vector observations pass
