@@ -34,6 +34,9 @@ class EnvSpec:
     action_low: tuple[float, ...]  # continuous bounds; empty for discrete
     action_high: tuple[float, ...]
     max_episode_steps: int | None
+    # Observations are stacks of this many frames along their leading dim (envpool's Atari: 4),
+    # each a step newer than the one before: the replay buffer stores one frame per transition.
+    frame_stack: int = 1
 
     @property
     def action_dtype(self) -> torch.dtype:
@@ -75,18 +78,21 @@ def _gymnasium_ids() -> list[str]:
     return list(gym.registry.keys())
 
 
-def _spec_from_spaces(env_id: str, backend: str, obs_space, act_space, max_steps) -> EnvSpec:
+def _spec_from_spaces(env_id: str, backend: str, obs_space, act_space, max_steps, stack_num: int = 1) -> EnvSpec:
     import gymnasium as gym
 
     obs_shape = tuple(int(d) for d in obs_space.shape)
     obs_dtype = _to_torch_dtype(obs_space.dtype)
+    image = len(obs_shape) == 3 and obs_dtype == torch.uint8
+    frame_stack = stack_num if image and stack_num > 1 and obs_shape[0] % stack_num == 0 else 1
     if isinstance(act_space, gym.spaces.Discrete):
-        return EnvSpec(env_id, backend, obs_shape, obs_dtype, True, int(act_space.n), (), (), (), max_steps)
+        return EnvSpec(env_id, backend, obs_shape, obs_dtype, True, int(act_space.n), (), (), (), max_steps,
+                       frame_stack)
     if isinstance(act_space, gym.spaces.Box):
         low = tuple(float(x) for x in np.asarray(act_space.low, dtype=np.float64).ravel())
         high = tuple(float(x) for x in np.asarray(act_space.high, dtype=np.float64).ravel())
         return EnvSpec(env_id, backend, obs_shape, obs_dtype, False, 0,
-                       tuple(int(d) for d in act_space.shape), low, high, max_steps)
+                       tuple(int(d) for d in act_space.shape), low, high, max_steps, frame_stack)
     raise ConfigError(f"--env: {env_id} has action space {act_space}; fastrl supports Discrete and Box")
 
 
@@ -98,7 +104,7 @@ def lookup_spec(env_id: str) -> EnvSpec:
         spec = envpool.make_spec(env_id)
         max_steps = getattr(spec.config, "max_episode_steps", None)
         return _spec_from_spaces(env_id, "envpool", spec.gymnasium_observation_space,
-                                 spec.gymnasium_action_space, max_steps)
+                                 spec.gymnasium_action_space, max_steps, int(getattr(spec.config, "stack_num", 1)))
     gym_ids = _gymnasium_ids()
     if env_id in gym_ids:
         import gymnasium as gym
