@@ -36,11 +36,11 @@ from fastrl.buffer import Batch
 from fastrl.cuda_graph import GraphedUpdate
 from fastrl.dqn import total_updates
 from fastrl.envs import EnvSpec
-from fastrl.fused_adam import FusedAdam, flatten_parameters_
+from fastrl.fused_adam import FusedAdam, flatten_parameters_, rebuildable_views
 from fastrl.learner import clip_and_step, grads_into_
 from fastrl.schedules import learning_rate
 from fastrl.settings import ConfigError, optional, positive, setting
-from fastrl.stacked_mlp import StackedMLP
+from fastrl.stacked_mlp import StackedMLP, backward
 from fastrl.targets import TargetUpdater, make_target_updater
 from fastrl.td3 import box_fraction, critic_input, critic_loss, td_target, to_box
 
@@ -122,6 +122,19 @@ def soft_td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q: torc
 def actor_loss(q_pi: torch.Tensor, log_prob: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
     """mean(α log π(a|s) − min_e Q_e(s, a)), a ~ π(·|s) reparameterised; q_pi is [E, B]."""
     return (alpha * log_prob - q_pi.amin(dim=0)).mean()
+
+
+def squashed_gaussian_grads(d_action: torch.Tensor, d_log_prob: torch.Tensor | float, unit: torch.Tensor,
+                            scaled_noise: torch.Tensor, raw_log_std: torch.Tensor,
+                            half_width: torch.Tensor) -> torch.Tensor:
+    """The hand-written path's gradient of a loss with respect to the actor's raw output (μ, raw
+    log σ), [B, 2A], given dL/da for the env action a = to_box(tanh(u)), u = μ + σε, and dL/d log π
+    per sample (`squashed_log_prob`). With ε held fixed, log N(u; μ, σ) = −ε²/2 − log σ − c, so
+    d log π/du = 2 tanh u (from −log(1 − tanh²u)) and d log π/d log σ = −1 besides u's share σε."""
+    d_pre = torch.addcmul(d_action * half_width * (1.0 - unit.square()), unit, d_log_prob, value=2.0)
+    d_log_std = d_pre * scaled_noise - d_log_prob
+    d_raw = d_log_std * ((0.5 * (LOG_STD_MAX - LOG_STD_MIN)) * (1.0 - torch.tanh(raw_log_std).square()))
+    return torch.cat((d_pre, d_raw), dim=-1)
 
 
 def temperature_loss(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_entropy: float) -> torch.Tensor:
@@ -210,24 +223,52 @@ class Temperature:
         return self.fixed if self.log_alpha is None else self.log_alpha.detach().exp().reshape(())
 
 
+def _soft_target(actor: GaussianActor, critic_target: StackedMLP, rewards: torch.Tensor, terminated: torch.Tensor,
+                 next_obs: torch.Tensor, next_noise: torch.Tensor, alpha: torch.Tensor, gamma: float) -> torch.Tensor:
+    with torch.no_grad():
+        next_actions, next_log_prob = actor.sample(next_obs, next_noise)
+        next_q = critic_target(critic_input(next_obs, next_actions))[..., 0]
+        return soft_td_target(rewards, terminated, next_q, next_log_prob, alpha, gamma)
+
+
+def _actor_step(actor_opt: FusedAdam, max_grad_norm: float) -> None:
+    if max_grad_norm > 0:  # the actor's norm is not logged: compute it only to clip
+        clip_and_step(actor_opt, max_grad_norm)
+    else:
+        actor_opt.step()
+
+
+def _temperature_step(temperature: Temperature, log_prob: torch.Tensor, metrics: dict[str, torch.Tensor],
+                      by_hand: bool) -> None:
+    """The α step (when tuned) on the actor step's detached log π; its loss into `metrics`. By hand,
+    d loss/d log α = −mean(log π + H̄)."""
+    log_alpha = temperature.log_alpha
+    if log_alpha is None:
+        return
+    grad = temperature.opt.grads[0]
+    if by_hand:
+        alpha_loss = temperature_loss(log_alpha.detach(), log_prob, temperature.target_entropy)
+        torch.neg(log_prob.mean().add(temperature.target_entropy), out=grad[0])
+    else:
+        with torch.enable_grad():
+            alpha_loss = temperature_loss(log_alpha, log_prob, temperature.target_entropy)
+            grads_into_(alpha_loss, [log_alpha], grad)
+    temperature.opt.step()
+    metrics["alpha_loss"] = alpha_loss.detach()
+
+
 def make_update(actor: GaussianActor, critic: StackedMLP, critic_target: StackedMLP, critic_opt: FusedAdam,
                 actor_opt: FusedAdam, temperature: Temperature, gamma: float, max_grad_norm: float) -> UpdateFn:
+    """The update with every gradient by autograd (`grads_into_`)."""
     critic_params, actor_params = list(critic.parameters()), list(actor.parameters())
     critic_grad, actor_grad = critic_opt.grads[0], actor_opt.grads[0]  # the flat gradients
-    log_alpha = temperature.log_alpha
-    tuned = log_alpha is not None
-    alpha_opt = temperature.opt
-    target_entropy = temperature.target_entropy
 
     def update(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
                terminated: torch.Tensor, next_noise: torch.Tensor, noise: torch.Tensor | None,
                update_actor: bool) -> dict[str, torch.Tensor]:
         alpha = temperature.value()  # the α from before this update, for all of its steps
         # Critic: regress both critics on the soft clipped-double-Q target.
-        with torch.no_grad():
-            next_actions, next_log_prob = actor.sample(next_obs, next_noise)
-            next_q = critic_target(critic_input(next_obs, next_actions))[..., 0]
-            target = soft_td_target(rewards, terminated, next_q, next_log_prob, alpha, gamma)
+        target = _soft_target(actor, critic_target, rewards, terminated, next_obs, next_noise, alpha, gamma)
         q = autograd_forward(critic, critic_input(obs, actions))[..., 0]  # both critics, one batched forward
         loss = critic_loss(q, target)
         grads_into_(loss, critic_params, critic_grad)
@@ -241,20 +282,68 @@ def make_update(actor: GaussianActor, critic: StackedMLP, critic_target: Stacked
             q_pi = autograd_forward(critic, critic_input(obs, action))[..., 0]
             policy_loss = actor_loss(q_pi, log_prob, alpha)
             grads_into_(policy_loss, actor_params, actor_grad)
-            if max_grad_norm > 0:  # the actor's norm is not logged: compute it only to clip
-                clip_and_step(actor_opt, max_grad_norm)
-            else:
-                actor_opt.step()
+            _actor_step(actor_opt, max_grad_norm)
             log_prob = log_prob.detach()
             metrics.update(actor_loss=policy_loss.detach(), alpha=alpha, entropy=-log_prob.mean())
-            if tuned:
-                alpha_loss = temperature_loss(log_alpha, log_prob, target_entropy)
-                grads_into_(alpha_loss, [log_alpha], alpha_opt.grads[0])
-                alpha_opt.step()
-                metrics["alpha_loss"] = alpha_loss.detach()
+            _temperature_step(temperature, log_prob, metrics, by_hand=False)
         return metrics
 
     return update
+
+
+def make_mlp_update(actor: GaussianActor, critic: StackedMLP, critic_target: StackedMLP, critic_opt: FusedAdam,
+                    actor_opt: FusedAdam, temperature: Temperature, gamma: float, max_grad_norm: float) -> UpdateFn:
+    """`make_update` with the backward passes written out for the ReLU MLPs (`stacked_mlp.backward`):
+    the same losses, tested against it. The actor's gradient takes only dQ/da from the critics and
+    goes through the squashed Gaussian by `squashed_gaussian_grads`."""
+    critic_w_grads, critic_b_grads = _grad_views(critic)
+    actor_w_grads, actor_b_grads = _grad_views(actor.net)
+    critic_weights, actor_weights = list(critic.weights), list(actor.net.weights)
+    dims = actor.action_dim
+    action_cols = slice(critic.weights[0].shape[2] - dims, None)  # the critic input's action columns
+    half_width = box_fraction(1.0, actor.low, actor.high)
+
+    @torch.no_grad()
+    def update(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
+               terminated: torch.Tensor, next_noise: torch.Tensor, noise: torch.Tensor | None,
+               update_actor: bool) -> dict[str, torch.Tensor]:
+        batch = rewards.shape[0]
+        alpha = temperature.value()
+        target = _soft_target(actor, critic_target, rewards, terminated, next_obs, next_noise, alpha, gamma)
+        q_out, trace = critic.forward_traced(critic_input(obs, actions))
+        q = q_out[..., 0]
+        loss = critic_loss(q, target)
+        backward(critic_weights, trace, ((2.0 / batch) * (q - target)).unsqueeze(-1), critic_w_grads(),
+                 critic_b_grads())
+        grad_norm = clip_and_step(critic_opt, max_grad_norm)
+        metrics = {"loss": loss, "mean_q": q.mean(), "grad_norm": grad_norm}
+
+        if update_actor:
+            out, actor_trace = actor.net.forward_traced(obs.flatten(1))
+            mean, raw = out[0, :, :dims], out[0, :, dims:]
+            log_std = bounded_log_std(raw)
+            pre, unit = squashed_sample(mean, log_std, noise)
+            log_prob = squashed_log_prob(noise, log_std, pre, actor.log_half_width)
+            q_out, q_trace = critic.forward_traced(critic_input(obs, to_box(unit, actor.low, actor.high)))
+            q_pi = q_out[..., 0]
+            policy_loss = actor_loss(q_pi, log_prob, alpha)
+            # d loss/d Q_e = −1/B through the min, split evenly among tied critics (as autograd's amin)
+            is_min = (q_pi == q_pi.amin(dim=0)).float()
+            d_q = is_min.div_(is_min.sum(dim=0).mul_(-batch))
+            d_action = backward(critic_weights, q_trace, d_q.unsqueeze(-1), None, None, input_cols=action_cols)
+            d_out = squashed_gaussian_grads(d_action.sum(dim=0), alpha / batch, unit, pre - mean, raw, half_width)
+            backward(actor_weights, actor_trace, d_out.unsqueeze(0), actor_w_grads(), actor_b_grads())
+            _actor_step(actor_opt, max_grad_norm)
+            metrics.update(actor_loss=policy_loss, alpha=alpha, entropy=-log_prob.mean())
+            _temperature_step(temperature, log_prob, metrics, by_hand=True)
+        return metrics
+
+    return update
+
+
+def _grad_views(net: StackedMLP) -> tuple[Callable[[], list[torch.Tensor]], Callable[[], list[torch.Tensor]]]:
+    """The net's weight and bias gradients, as `rebuildable_views` of its flat gradient."""
+    return rebuildable_views([w.grad for w in net.weights]), rebuildable_views([b.grad for b in net.biases])
 
 
 # --- the agent ---
@@ -367,7 +456,10 @@ def make_temperature(cfg: TrainConfig, action_dim: int, device: torch.device) ->
     return Temperature(None, log_alpha, opt, target_entropy)
 
 
-def build_sac(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile: bool) -> SAC:
+def build_sac(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile: bool,
+              hand_written: bool | None = None) -> SAC:
+    """`hand_written` None: the hand-written backward for vector observations (ReLU MLPs on their own
+    input), autograd for image observations (flattened), as DQN chooses; True/False force one."""
     obs_dim = math.prod(spec.obs_shape)
     low = torch.tensor(spec.action_low, dtype=torch.float32)
     high = torch.tensor(spec.action_high, dtype=torch.float32)
@@ -382,8 +474,10 @@ def build_sac(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile
     actor_opt = FusedAdam([actor_flat], lr=cfg.actor_lr or cfg.lr, grads=[actor_flat_grad],
                           lr_on_device=cfg.cuda_graph)
     temperature = make_temperature(cfg, low.numel(), device)
-    update_fn = make_update(actor, critic, critic_target, critic_opt, actor_opt, temperature, cfg.gamma,
-                            cfg.max_grad_norm)
+    if hand_written is None:
+        hand_written = not spec.is_image
+    make = make_mlp_update if hand_written else make_update
+    update_fn = make(actor, critic, critic_target, critic_opt, actor_opt, temperature, cfg.gamma, cfg.max_grad_norm)
     if use_compile:
         update_fn = torch.compile(update_fn)
     if cfg.cuda_graph:

@@ -270,14 +270,15 @@ def _flat_seq(net: nn.Sequential) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in net.parameters()])
 
 
+@pytest.mark.parametrize("hand_written", [False, True])
 @pytest.mark.parametrize("max_grad_norm", [0.5, 0.0])
-def test_update_equals_plain_autograd_on_linear_nets(max_grad_norm):
+def test_update_equals_plain_autograd_on_linear_nets(max_grad_norm, hand_written):
     """Several updates, clipping on (0.5 clips every step here) and off: the critic's clipped
     gradient, its norm, the loss and every parameter (critics, targets, actor, log α) match."""
     spec = _spec(obs_dim=5, low=(-1.0, 0.0), high=(1.0, 3.0))
     cfg = sac_config(hidden_sizes=(32, 32), lr=1e-3, gamma=0.9, tau=0.05, max_grad_norm=max_grad_norm)
     torch.manual_seed(3)
-    agent = build_sac(spec, cfg, CPU, False)
+    agent = build_sac(spec, cfg, CPU, False, hand_written=hand_written)
     ref = _Reference(agent, cfg.lr, max_grad_norm or float("inf"), cfg.gamma, cfg.tau, target_entropy=-2.0)
     g = torch.Generator().manual_seed(1)
     clipped = 0
@@ -393,20 +394,24 @@ def test_tuning_settings_with_a_fixed_alpha_are_rejected(name):
 # --- compiled ---
 
 
-@pytest.mark.slow  # a cold compile of the pieces between the autograd.grad graph breaks: over a minute here
-def test_compiled_update_equals_eager(cold_compile):
+def _assert_same_metrics(mine: dict, ref: dict) -> dict:
+    assert mine.keys() == ref.keys()
+    for name in mine:
+        torch.testing.assert_close(mine[name], ref[name], rtol=1e-5, atol=1e-5, msg=name)
+    return mine
+
+
+@pytest.mark.slow  # cold compiles: about a minute each on the 2-core machine
+@pytest.mark.parametrize("hand_written", [True, False])  # autograd: graph breaks at each autograd.grad
+def test_compiled_update_equals_eager(cold_compile, hand_written):
     spec = _spec(obs_dim=4, low=(-1.0,), high=(2.0,))
     cfg = sac_config(hidden_sizes=(32, 32), lr=1e-3, max_grad_norm=1.0, policy_delay=2)
     torch.manual_seed(0)
-    eager = build_sac(spec, cfg, CPU, False)
+    eager = build_sac(spec, cfg, CPU, False, hand_written=hand_written)
     torch.manual_seed(0)
-    compiled = build_sac(spec, cfg, CPU, True)
+    compiled = build_sac(spec, cfg, CPU, True, hand_written=hand_written)
     for step in range(4):
-        batch = _batch(spec, seed=step)
-        mine, theirs = eager.update(batch), compiled.update(batch)
-        assert mine.keys() == theirs.keys()
-        for name in mine:
-            torch.testing.assert_close(mine[name], theirs[name], rtol=1e-5, atol=1e-5)
+        _assert_same_metrics(eager.update(_batch(spec, seed=step)), compiled.update(_batch(spec, seed=step)))
     for a, c in zip(eager.state_dict()["actor"].values(), compiled.state_dict()["actor"].values()):
         torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
     obs = torch.randn(5, 4)
@@ -444,3 +449,30 @@ def test_sac_learns_pendulum(seed):
     """A random Pendulum policy scores about −1200 to −1500."""
     torch.set_num_threads(1)
     assert _learn_pendulum(seed, steps=6_000, learning_starts=1_000, hidden_sizes=(64, 64), lr=1e-3) > -900
+
+
+# --- the hand-written backward against autograd of the same losses ---
+
+
+@pytest.mark.parametrize("alpha", [None, 0.3])
+def test_hand_written_update_equals_the_autograd_update(alpha):
+    """Over several updates with clipping on (0.5 clips every critic step here) and the actor every
+    other update: the critic's clipped gradient, the actor's gradient, the grad norm, every metric
+    and every parameter agree."""
+    spec = _spec(obs_dim=5, low=(-1.0, 0.0), high=(1.0, 3.0))
+    cfg = sac_config(hidden_sizes=(32, 32), lr=1e-3, gamma=0.9, tau=0.05, max_grad_norm=0.5, policy_delay=2,
+                     alpha=alpha)
+    torch.manual_seed(3)
+    hand = build_sac(spec, cfg, CPU, False, hand_written=True)
+    torch.manual_seed(3)
+    auto = build_sac(spec, cfg, CPU, False, hand_written=False)
+    for step in range(6):
+        batch = _batch(spec, seed=step)
+        assert _assert_same_metrics(hand.update(batch), auto.update(batch))["grad_norm"] > 0.5
+        torch.testing.assert_close(hand.critic_opt.grads[0], auto.critic_opt.grads[0], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(hand.actor_opt.grads[0], auto.actor_opt.grads[0], rtol=1e-4, atol=1e-6)
+        for a, b in zip(hand.state_dict().values(), auto.state_dict().values()):
+            if isinstance(a, dict) and "lr" not in a:
+                for x, y in zip(a.values(), b.values(), strict=True):
+                    torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+    assert hand.actor_updates == 3
