@@ -49,7 +49,7 @@ def needs_algo(algo: str) -> None:
     """Skip, with the reason, a benchmark for an algorithm the trainer does not have yet."""
     import pytest
 
-    from fastrl.train import AGENT_BUILDERS
+    from fastrl.registry import ALGORITHMS
 
-    if algo not in AGENT_BUILDERS:
-        pytest.skip(f"{algo} is not in fastrl.train.AGENT_BUILDERS (have: {', '.join(sorted(AGENT_BUILDERS))})")
+    if algo not in ALGORITHMS:
+        pytest.skip(f"{algo} is not in fastrl.registry (have: {', '.join(ALGORITHMS)})")

@@ -26,14 +26,14 @@ GRAPH_WARMUP_CALLS = WARMUP_CALLS + 2
 
 def build_agent(algo: str, batch_size: int, device: torch.device, use_compile: bool, cuda_graph: bool = False,
                 env_id: str | None = None):
-    from fastrl.train import AGENT_BUILDERS
+    from fastrl.registry import build_agent as build
 
     # Constant lr: a decayed-to-zero lr would still cost the same, but say what is measured.
     cfg = resolve({"algo": algo, "env": env_id or TASKS[algo], "batch_size": batch_size, "device": device.type,
                    "lr_schedule": "constant", "compile": use_compile, "cuda_graph": cuda_graph})
     spec = lookup_spec(cfg.env)
     torch.manual_seed(cfg.seed)
-    return AGENT_BUILDERS[algo](spec, cfg, device, use_compile), spec
+    return build(spec, cfg, device, use_compile), spec
 
 
 def run_update_benchmark(benchmark, algo: str, batch_size: int, device: torch.device, use_compile: bool,

@@ -66,12 +66,8 @@ class Algorithm:
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)  # env id -> settings
     # Checks across settings, after the per-setting ones: cfg -> raise ConfigError.
     validate: Callable[[Any], None] | None = None
+    # Checks that need the env's spec, before anything is built: (cfg, spec) -> raise ConfigError.
+    check_spec: Callable[[Any, Any], None] | None = None
     # Notes for --help on how its settings are counted (e.g. what --target-period counts).
     notes: str = ""
 
-
-def action_space_error(algo: Algorithm, env_id: str, others: list[str]) -> str:
-    need = "a discrete" if algo.discrete else "a continuous (Box)"
-    has = "continuous" if algo.discrete else "discrete"
-    return (f"--algo: {algo.name} needs {need} action space but {env_id} has {has} actions; "
-            f"use --algo {' or '.join(others)}")

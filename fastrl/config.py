@@ -1,7 +1,13 @@
-"""Training configuration: one dataclass, per-env presets, and validation.
+"""Training configuration: the common settings, each algorithm's own section, presets and validation.
 
-Resolution order (later wins): dataclass defaults < algorithm defaults < env preset < config file
-< command-line flags. Validation runs on the resolved config before any env or model is built.
+`TrainConfig` is one flat dataclass made of `CommonSettings` (below) and the settings section of
+every registered algorithm (declared in the algorithm's own file), so flags, config-file keys and
+checkpoints stay flat (`--eps-start`, `eps_start`). Each setting is declared once, with
+`fastrl.settings.setting`: default, help, allowed values and check.
+
+Resolution order (later wins): defaults < algorithm defaults < env preset < config file < flags,
+then defaults that depend on the run's length are fitted to it (`fit_to_run_length`). Validation
+runs on the resolved config before any env or model is built.
 """
 
 from __future__ import annotations
@@ -13,22 +19,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 
-class ConfigError(ValueError):
-    """A bad setting. The message starts with the flag it concerns and says what is allowed."""
+from fastrl.registry import ALGORITHMS
+from fastrl.settings import (
+    ConfigError, check_field, flag, in_range, non_negative, non_negative_int, positive, positive_int, setting,
+)
 
+__all__ = ["ConfigError", "TrainConfig", "resolve", "validate", "validate_for_env", "load_config_file"]
 
-ALGOS = ("dqn", "ddpg", "td3")
-DISCRETE_ALGOS = ("dqn",)
-CONTINUOUS_ALGOS = ("ddpg", "td3")
 LR_SCHEDULES = ("constant", "linear", "robbins-monro")
 TARGET_UPDATES = ("soft", "hard")
-LOSSES = ("huber", "mse")
 DEVICES = ("auto", "cpu", "cuda")
-
+GRADIENTS = ("auto", "autograd", "manual")
 
 # Batch x width² from which a CPU update's GEMMs are big enough to gain from every core (auto_threads).
 THREADED_GEMM_SIZE = 256 * 256 * 256
+# Random steps, when neither a preset nor the user sets them, are at most this fraction of the run.
+RANDOM_STEPS_FRACTION = 0.05
 
 
 def auto_threads(batch_size: int, hidden_sizes: tuple[int, ...], cores: int) -> int:
@@ -40,58 +48,65 @@ def auto_threads(batch_size: int, hidden_sizes: tuple[int, ...], cores: int) -> 
     return cores if batch_size * max(hidden_sizes, default=0) ** 2 >= THREADED_GEMM_SIZE else 1
 
 
+def _hidden_sizes(value: Any) -> str | None:
+    ok = bool(value) and all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in value)
+    return None if ok else f"must be one or more positive integers, got {list(value)}"
+
+
 @dataclass
-class TrainConfig:
-    algo: str = "dqn"
-    env: str = "CartPole-v1"
-    seed: int = 1
-    total_steps: int = 100_000
-    num_envs: int = 1
-    buffer_size: int = 100_000
-    batch_size: int = 128
-    learning_starts: int = 1_000
-    # Vector steps between train phases; each phase runs `updates_per_train` mini-batch updates.
-    train_every: int = 1
-    updates_per_train: int = 1
-    lr: float = 3e-4
-    lr_schedule: str = "constant"
-    # Robbins–Monro: lr_k = lr / (1 + k / lr_k0) ** lr_power over update k.
-    lr_k0: float = 1_000.0
-    lr_power: float = 0.75
-    # Linear schedules end at these fractions of the start value.
-    lr_end_fraction: float = 0.0
-    gamma: float = 0.99
-    target_update: str = "soft"
-    tau: float = 0.005
-    target_period: int = 1_000
-    hidden_sizes: tuple[int, ...] = (256, 256)
-    max_grad_norm: float = 10.0
-    # DQN
-    loss: str = "huber"
-    double_dqn: bool = True
-    eps_start: float = 1.0
-    eps_end: float = 0.05
-    eps_fraction: float = 0.1
-    # DDPG / TD3
-    exploration_noise: float = 0.1
-    policy_noise: float = 0.2
-    noise_clip: float = 0.5
-    policy_delay: int = 1
-    actor_lr: float | None = None
-    # Runtime
-    device: str = "auto"
-    # torch intra-op threads; 0 = auto (see `auto_threads`).
-    threads: int = 0
-    compile: bool | None = None
-    # Replay each update as one CUDA graph (CUDA only; off until verified on a GPU: see cuda_graph.py).
-    cuda_graph: bool = False
-    run_dir: str | None = None
-    eval_episodes: int = 10
-    eval_every: int = 0  # env steps between evaluations; 0 = only at the end
-    log_every: int = 5_000  # env steps between metric rows
-    checkpoint_every: int = 0  # env steps between checkpoints; 0 = only at the end
-    checkpoint_buffer: bool = False
-    progress: bool = True
+class CommonSettings:
+    """Settings every algorithm reads."""
+
+    algo: str = setting("dqn", "algorithm", choices=tuple(ALGORITHMS))
+    env: str = setting("CartPole-v1", "environment id (envpool, else gymnasium)")
+    seed: int = setting(1, "random seed", check=non_negative_int)
+    total_steps: int = setting(100_000, "env steps (transitions over all envs) to collect", check=positive_int)
+    num_envs: int = setting(1, "parallel envs", check=positive_int)
+    buffer_size: int = setting(100_000, "replay capacity in transitions (at most --total-steps unless given)",
+                               check=positive_int)
+    batch_size: int = setting(128, "mini-batch size", check=positive_int)
+    learning_starts: int = setting(
+        1_000, f"env steps of random actions before learning (at most {RANDOM_STEPS_FRACTION:.0%} of "
+               f"--total-steps unless a preset or you set it)", check=non_negative_int)
+    train_every: int = setting(1, "vector steps between train phases", check=positive_int)
+    updates_per_train: int = setting(1, "mini-batch updates per train phase (with --train-every, --num-envs and "
+                                        "--batch-size this sets the update-to-data ratio)", check=positive_int)
+    lr: float = setting(3e-4, "learning rate (the critic's, for DDPG/TD3/SAC)", check=positive)
+    lr_schedule: str = setting("constant", "learning-rate schedule over updates", choices=LR_SCHEDULES)
+    lr_k0: float = setting(1_000.0, "Robbins–Monro: lr_k = lr / (1 + k/k0)^p", check=positive)
+    lr_power: float = setting(
+        0.75, "Robbins–Monro exponent p, 0.5 < p <= 1: then the sum of steps diverges and the sum of their "
+              "squares converges, the conditions under which SGD's stochastic approximation converges; "
+              "under Adam with moving TD targets they guarantee nothing and only shape the decay")
+    lr_end_fraction: float = setting(0.0, "linear schedule: final lr as a fraction of --lr", check=in_range(0, 1))
+    gamma: float = setting(0.99, "discount in [0, 1]", check=in_range(0, 1))
+    target_update: str = setting("soft", "soft (Polyak, every update) or hard (copy every C)", choices=TARGET_UPDATES)
+    tau: float = setting(0.005, "soft update rate in (0, 1]", check=in_range(0, 1, low_open=True))
+    target_period: int = setting(
+        1_000, "hard update period C: DQN and SAC count gradient updates; DDPG/TD3 count actor updates "
+               "(one per --policy-delay critic updates), as their targets move with the actor",
+        check=positive_int)
+    hidden_sizes: tuple[int, ...] = setting((256, 256), "hidden layer sizes, space-separated", check=_hidden_sizes)
+    max_grad_norm: float = setting(10.0, "global grad-norm clip (0 = off)", check=non_negative(" (0 disables clipping)"))
+    gradients: str = setting(
+        "auto", "how gradients are formed: autograd, or the hand-written ReLU-MLP backward (manual; DQN on "
+                "vector observations, DDPG, TD3); auto = manual for those on CPU, autograd elsewhere",
+        choices=GRADIENTS)
+    device: str = setting("auto", "auto picks cuda when available", choices=DEVICES)
+    threads: int = setting(0, "torch intra-op threads (0 = auto: on CPU, all cores from batch 256 at width 256, "
+                              "else 1)", check=non_negative_int)
+    compile: bool | None = setting(None, "torch.compile the update and the acting policy (default: on for CUDA)")
+    cuda_graph: bool = setting(False, "replay each update as one CUDA graph (CUDA only; not yet verified on a "
+                                      "GPU, so off by default)")
+    run_dir: str | None = setting(None, "run folder (default runs/<env>-<algo>-<seed>-<time>)")
+    eval_episodes: int = setting(10, "greedy episodes per evaluation", check=positive_int)
+    eval_every: int = setting(0, "env steps between evaluations (0 = end only)", check=non_negative_int)
+    log_every: int = setting(5_000, "env steps between metric rows", check=positive_int)
+    checkpoint_every: int = setting(
+        0, "env steps between checkpoints (0 = end only); each one cuts the running episodes (as time-limit "
+           "truncations) so that a resumed run continues exactly", check=non_negative_int)
+    checkpoint_buffer: bool = setting(False, "include the replay buffer in checkpoints")
+    progress: bool = setting(True, "progress bar on stderr")
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -113,98 +128,85 @@ class TrainConfig:
         return self.updates_per_transition * self.batch_size
 
 
-FIELD_NAMES = {f.name for f in dataclasses.fields(TrainConfig)}
-
-# Algorithm defaults, applied before env presets.
-ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
-    "dqn": {"target_update": "hard", "target_period": 500, "lr": 1e-3},
-    "ddpg": {
-        "batch_size": 256, "lr": 3e-4, "tau": 0.005, "target_update": "soft",
-        "policy_delay": 1, "learning_starts": 25_000, "buffer_size": 1_000_000,
-        "max_grad_norm": 0.0, "eval_episodes": 10,
-    },
-    "td3": {
-        "batch_size": 256, "lr": 3e-4, "tau": 0.005, "target_update": "soft",
-        "policy_delay": 2, "learning_starts": 25_000, "buffer_size": 1_000_000,
-        "max_grad_norm": 0.0, "eval_episodes": 10,
-    },
-}
-
-# Per-(algo, env) presets: the settings that make the default run learn quickly.
-PRESETS: dict[tuple[str, str], dict[str, Any]] = {
-    # Tuned on seeds 1-3 (see README): long train phases with the target synced once per phase,
-    # a 256-256 net (smaller ones reached 500 and then collapsed), lr annealed to 0, and γ = 0.98
-    # (with 0.99 a seed still collapsed late and its Q values ran away). 60k steps: with the
-    # hand-written update, 50k left seed 3 at 437 (still rising); 60k ends seeds 1-5 at >= 483.
-    ("dqn", "CartPole-v1"): {
-        "total_steps": 60_000, "num_envs": 8, "buffer_size": 50_000, "batch_size": 128,
-        "learning_starts": 1_000, "train_every": 32, "updates_per_train": 64, "lr": 2.3e-3,
-        "lr_schedule": "linear", "lr_end_fraction": 0.0, "gamma": 0.98,
-        "target_update": "hard", "target_period": 64, "tau": 0.01,
-        "hidden_sizes": (256, 256), "eps_start": 1.0, "eps_end": 0.04, "eps_fraction": 0.16,
-        "max_grad_norm": 10.0, "log_every": 5_000, "eval_every": 10_000, "eval_episodes": 10,
-    },
-    ("dqn", "Breakout-v5"): {
-        "total_steps": 10_000_000, "num_envs": 8, "buffer_size": 1_000_000, "batch_size": 32,
-        "learning_starts": 80_000, "train_every": 1, "updates_per_train": 2, "lr": 1e-4,
-        "target_update": "hard", "target_period": 1_000, "eps_end": 0.01, "eps_fraction": 0.1,
-        "hidden_sizes": (512,), "log_every": 10_000, "eval_episodes": 4,
-    },
-    # The published TD3/DDPG settings (ALGO_DEFAULTS) with a 1k-step random start: seeds 1 and 2
-    # end at -130 to -144 after 20k steps; one update per env step.
-    ("ddpg", "Pendulum-v1"): {"total_steps": 20_000, "learning_starts": 1_000, "log_every": 2_000,
-                              "eval_every": 5_000},
-    ("td3", "Pendulum-v1"): {"total_steps": 20_000, "learning_starts": 1_000, "log_every": 2_000,
-                             "eval_every": 5_000},
-    ("ddpg", "MountainCarContinuous-v0"): {"total_steps": 100_000, "exploration_noise": 0.5,
-                                            "learning_starts": 5_000},
-    ("td3", "MountainCarContinuous-v0"): {"total_steps": 100_000, "exploration_noise": 0.5,
-                                           "learning_starts": 5_000},
-}
-for _algo in CONTINUOUS_ALGOS:
-    for _env in ("HalfCheetah-v4", "Hopper-v4", "Walker2d-v4", "Ant-v4"):
-        PRESETS[(_algo, _env)] = {"total_steps": 1_000_000, "learning_starts": 25_000,
-                                  "log_every": 10_000, "eval_every": 50_000}
+def _compose() -> type:
+    sections: list[type] = []
+    for algo in ALGORITHMS.values():
+        if algo.section is not None and algo.section not in sections:
+            sections.append(algo.section)
+    # Fields come in reverse MRO order: the common settings first, then each section in registry order.
+    cls = dataclasses.make_dataclass("TrainConfig", [], bases=(*reversed(sections), CommonSettings))
+    cls.__module__, cls.__qualname__ = __name__, "TrainConfig"
+    cls.__doc__ = "Every setting of a run: `CommonSettings` and each algorithm's section, flat."
+    return cls
 
 
-# Settings only some algorithms read. Giving one to another algorithm is a mistake (it would be
-# silently ignored), so `resolve` rejects it.
-ALGO_ONLY_SETTINGS: dict[str, tuple[str, ...]] = {
-    **{name: DISCRETE_ALGOS for name in ("loss", "double_dqn", "eps_start", "eps_end", "eps_fraction")},
-    **{name: CONTINUOUS_ALGOS for name in ("exploration_noise", "policy_delay", "actor_lr")},
-    # Target policy smoothing is TD3's; DDPG has none.
-    **{name: ("td3",) for name in ("policy_noise", "noise_clip")},
-}
+TrainConfig = _compose()
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+FIELD_NAMES = set(FIELDS)
+COMMON_NAMES = {f.name for f in dataclasses.fields(CommonSettings)}
+
+
+def setting_users(name: str) -> tuple[str, ...]:
+    """The algorithms that read an algorithm-specific setting ((), for a common one)."""
+    return tuple(a.name for a in ALGORITHMS.values() if name in a.reads)
 
 
 def check_algo_settings(algo: str, given: dict[str, Any]) -> None:
-    """Reject an explicitly given setting that `algo` does not use."""
+    """Reject an explicitly given setting that `algo` does not use (it would be silently ignored)."""
     for name in given:
-        users = ALGO_ONLY_SETTINGS.get(name)
-        if users is not None and algo not in users:
-            raise ConfigError(f"--{name.replace('_', '-')}: a {'/'.join(users)} setting, which --algo {algo} "
-                              f"does not use; drop it")
+        if name in COMMON_NAMES or name not in FIELD_NAMES:
+            continue
+        if name not in ALGORITHMS[algo].reads:
+            users = setting_users(name)
+            raise ConfigError(f"{flag(name)}: a {'/'.join(users)} setting, which --algo {algo} does not use; drop it")
 
 
 def preset_for(algo: str, env_id: str) -> dict[str, Any]:
-    return dict(PRESETS.get((algo, env_id), {}))
+    return dict(ALGORITHMS[algo].presets.get(env_id, {})) if algo in ALGORITHMS else {}
 
 
-def resolve(overrides: dict[str, Any]) -> TrainConfig:
-    """Build a config from explicitly given settings (file and flags), filling in presets."""
+def fit_to_run_length(values: dict[str, Any], chosen: set[str], notes: list[str] | None) -> None:
+    """Defaults made for long runs would defeat short ones: 25k random steps (TD3's published
+    default) leave a 30k-step run almost nothing to learn from, and a buffer larger than the run is
+    allocated and never filled. Where neither a preset nor the user chose them, fit them to
+    --total-steps and say so. (ε decays over a fraction of --total-steps already.)"""
+    total = values["total_steps"]
+    cap = max(int(total * RANDOM_STEPS_FRACTION), values["batch_size"])
+    if "learning_starts" not in chosen and values["learning_starts"] > cap:
+        if notes is not None:
+            notes.append(f"--learning-starts {values['learning_starts']} -> {cap} "
+                         f"({RANDOM_STEPS_FRACTION:.0%} of --total-steps {total})")
+        values["learning_starts"] = cap
+    # Every checkpoint and the end store one extra vector step (the cut rows: fastrl.train.end_segment).
+    cuts = 1 + (total // values["checkpoint_every"] if values["checkpoint_every"] else 0)
+    size = max(total + cuts * values["num_envs"], values["batch_size"], 2 * values["num_envs"])
+    if "buffer_size" not in chosen and values["buffer_size"] > size:
+        if notes is not None:
+            notes.append(f"--buffer-size {values['buffer_size']} -> {size} (the run collects {total} transitions)")
+        values["buffer_size"] = size
+
+
+def resolve(overrides: dict[str, Any], notes: list[str] | None = None) -> TrainConfig:
+    """Build a config from explicitly given settings (file and flags), filling in presets. Defaults
+    fitted to the run's length are described in `notes`, when given."""
     unknown = sorted(set(overrides) - FIELD_NAMES)
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; allowed: {', '.join(sorted(FIELD_NAMES))}")
-    algo = overrides.get("algo", TrainConfig.algo)
-    env_id = overrides.get("env", TrainConfig.env)
-    if algo not in ALGOS:
-        raise ConfigError(f"--algo: unknown algorithm {algo!r}; allowed: {', '.join(ALGOS)}")
+    algo = overrides.get("algo", FIELDS["algo"].default)
+    env_id = overrides.get("env", FIELDS["env"].default)
+    if algo not in ALGORITHMS:
+        raise ConfigError(f"--algo: unknown algorithm {algo!r}; allowed: {', '.join(ALGORITHMS)}")
     check_algo_settings(algo, overrides)
-    values: dict[str, Any] = {}
-    values.update(ALGO_DEFAULTS.get(algo, {}))
-    values.update(preset_for(algo, env_id))
+    preset = preset_for(algo, env_id)
+    values = {name: f.default for name, f in FIELDS.items()}
+    values.update(ALGORITHMS[algo].defaults)
+    values.update(preset)
     values.update(overrides)
-    if "hidden_sizes" in values:
+    # A preset's values were chosen for its own run length: once --total-steps differs, they are
+    # fitted like defaults.
+    preset_chosen = set(preset) if "total_steps" not in overrides or "total_steps" not in preset else set()
+    fit_to_run_length(values, preset_chosen | set(overrides), notes)
+    if isinstance(values["hidden_sizes"], list):
         values["hidden_sizes"] = tuple(values["hidden_sizes"])
     return TrainConfig(**values)
 
@@ -239,7 +241,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 def _check_file_type(name: str, value: Any, path: Path) -> None:
     """Flags are typed by argparse; file values are whatever TOML/JSON made of them."""
-    hint = _FIELD_TYPES[name]
+    hint = str(FIELDS[name].type)  # annotations are strings (postponed evaluation)
     is_int = isinstance(value, int) and not isinstance(value, bool)
     if value is None and "None" in hint:
         return
@@ -255,96 +257,70 @@ def _check_file_type(name: str, value: Any, path: Path) -> None:
     else:
         ok, kind = isinstance(value, str), "a string"
     if not ok:
-        raise ConfigError(f"--{name.replace('_', '-')}: must be {kind}, got {value!r} (in {str(path)!r})")
-
-
-_FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}  # annotations are strings here
-
-
-def _positive(cfg: TrainConfig, name: str) -> None:
-    value = getattr(cfg, name)
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"--{name.replace('_', '-')}: must be a positive integer, got {value!r}")
-
-
-def _choice(cfg: TrainConfig, name: str, allowed: tuple[str, ...]) -> None:
-    value = getattr(cfg, name)
-    if value not in allowed:
-        raise ConfigError(f"--{name.replace('_', '-')}: {value!r} is not one of {', '.join(allowed)}")
+        raise ConfigError(f"{flag(name)}: must be {kind}, got {value!r} (in {str(path)!r})")
 
 
 def validate(cfg: TrainConfig) -> None:
     """Check every setting that can be checked without knowing the env. Raises ConfigError."""
-    _choice(cfg, "algo", ALGOS)
-    _choice(cfg, "lr_schedule", LR_SCHEDULES)
-    _choice(cfg, "target_update", TARGET_UPDATES)
-    _choice(cfg, "loss", LOSSES)
-    _choice(cfg, "device", DEVICES)
-    for name in ("total_steps", "num_envs", "buffer_size", "batch_size", "train_every",
-                 "updates_per_train", "target_period", "eval_episodes", "log_every", "policy_delay"):
-        _positive(cfg, name)
-    for name in ("learning_starts", "eval_every", "checkpoint_every", "seed", "threads"):
-        value = getattr(cfg, name)
-        if not isinstance(value, int) or value < 0:
-            raise ConfigError(f"--{name.replace('_', '-')}: must be an integer >= 0, got {value!r}")
-    if not cfg.hidden_sizes or any((not isinstance(h, int)) or h <= 0 for h in cfg.hidden_sizes):
-        raise ConfigError(f"--hidden-sizes: must be one or more positive integers, got {list(cfg.hidden_sizes)}")
+    for f in dataclasses.fields(cfg):
+        check_field(f, getattr(cfg, f.name))
     if cfg.batch_size > cfg.buffer_size:
         raise ConfigError(f"--batch-size: {cfg.batch_size} is larger than --buffer-size {cfg.buffer_size}")
     if cfg.buffer_size < 2 * cfg.num_envs:
         raise ConfigError(f"--buffer-size: must hold at least two vector steps (>= {2 * cfg.num_envs})")
-    if not (0.0 < cfg.tau <= 1.0):
-        raise ConfigError(f"--tau: must be in (0, 1], got {cfg.tau}")
-    if not (0.0 <= cfg.gamma <= 1.0):
-        raise ConfigError(f"--gamma: must be in [0, 1], got {cfg.gamma}")
-    if not (cfg.lr > 0.0 and math.isfinite(cfg.lr)):
-        raise ConfigError(f"--lr: must be a positive number, got {cfg.lr}")
-    if cfg.actor_lr is not None and not (cfg.actor_lr > 0.0 and math.isfinite(cfg.actor_lr)):
-        raise ConfigError(f"--actor-lr: must be a positive number, got {cfg.actor_lr}")
     if cfg.lr_schedule == "robbins-monro" and not (0.5 < cfg.lr_power <= 1.0):
         raise ConfigError(
             f"--lr-power: Robbins–Monro needs 0.5 < p <= 1 (sum of steps diverges, sum of squares "
             f"converges), got {cfg.lr_power}"
         )
-    if cfg.lr_k0 <= 0:
-        raise ConfigError(f"--lr-k0: must be positive, got {cfg.lr_k0}")
-    if not (0.0 <= cfg.lr_end_fraction <= 1.0):
-        raise ConfigError(f"--lr-end-fraction: must be in [0, 1], got {cfg.lr_end_fraction}")
-    for name in ("eps_start", "eps_end", "eps_fraction"):
-        if not (0.0 <= getattr(cfg, name) <= 1.0):
-            raise ConfigError(f"--{name.replace('_', '-')}: must be in [0, 1], got {getattr(cfg, name)}")
-    for f in dataclasses.fields(TrainConfig):  # NaN passes comparisons such as `x < 0`
-        value = getattr(cfg, f.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"--{f.name.replace('_', '-')}: must be a finite number, got {value}")
     if cfg.checkpoint_every and cfg.checkpoint_every < cfg.num_envs:
         raise ConfigError(f"--checkpoint-every: must be 0 (end only) or at least --num-envs {cfg.num_envs} "
                           f"(one vector step), got {cfg.checkpoint_every}")
-    if cfg.max_grad_norm < 0:
-        raise ConfigError(f"--max-grad-norm: must be >= 0 (0 disables clipping), got {cfg.max_grad_norm}")
-    for name in ("exploration_noise", "policy_noise", "noise_clip"):
-        if getattr(cfg, name) < 0:
-            raise ConfigError(f"--{name.replace('_', '-')}: must be >= 0, got {getattr(cfg, name)}")
+    algo = ALGORITHMS[cfg.algo]
+    if algo.validate is not None:
+        algo.validate(cfg)
 
 
 def validate_for_env(cfg: TrainConfig, discrete: bool) -> None:
     """Algorithm/action-space fit, once the env's spec is known."""
-    if discrete and cfg.algo in CONTINUOUS_ALGOS:
-        raise ConfigError(
-            f"--algo: {cfg.algo} needs a continuous (Box) action space but {cfg.env} has discrete "
-            f"actions; use --algo dqn"
-        )
-    if not discrete and cfg.algo in DISCRETE_ALGOS:
-        raise ConfigError(
-            f"--algo: {cfg.algo} needs a discrete action space but {cfg.env} has continuous actions; "
-            f"use --algo {' or '.join(CONTINUOUS_ALGOS)}"
-        )
+    algo = ALGORITHMS[cfg.algo]
+    if algo.discrete != discrete:
+        need = "a discrete" if algo.discrete else "a continuous (Box)"
+        has = "continuous" if algo.discrete else "discrete"
+        fits = [a.name for a in ALGORITHMS.values() if a.discrete == discrete]
+        raise ConfigError(f"--algo: {cfg.algo} needs {need} action space but {cfg.env} has {has} actions; "
+                          f"use --algo {' or '.join(fits)}")
+
+
+def config_from_checkpoint(settings: dict[str, Any], flag_name: str) -> TrainConfig:
+    """The config saved in a checkpoint. Settings added since it was written take their defaults,
+    which reproduce what that version did; a setting this version no longer knows is refused."""
+    settings = {k: v for k, v in settings.items() if k not in ("compile_resolved", "device_resolved")}
+    unknown = sorted(set(settings) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"{flag_name}: the checkpoint's settings do not fit this fastrl version (unknown: "
+                          f"{', '.join(unknown)})")
+    if settings.get("algo") not in ALGORITHMS:
+        raise ConfigError(f"{flag_name}: algorithm {settings.get('algo')!r} of this run is not available in this "
+                          f"fastrl (available: {', '.join(ALGORITHMS)})")
+    return TrainConfig(**{**settings, "hidden_sizes": tuple(settings["hidden_sizes"])})
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device: cuda requested but torch sees no CUDA device; use --device cpu or auto")
+    return torch.device(name)
 
 
 def describe_presets() -> str:
     lines = ["presets (applied from --algo and --env, before your flags):"]
-    for (algo, env_id), values in PRESETS.items():
-        shown = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items())
-        lines.append(f"  {algo} {env_id}: {shown}")
+    for algo in ALGORITHMS.values():
+        for env_id, values in algo.presets.items():
+            shown = " ".join(f"{flag(k)} {v}" for k, v in values.items())
+            lines.append(f"  {algo.name} {env_id}: {shown}")
+    notes = [f"  {a.name}: {a.notes}" for a in ALGORITHMS.values() if a.notes]
+    if notes:
+        lines += ["", "algorithm notes:", *notes]
     return "\n".join(lines)
-

@@ -1,13 +1,11 @@
-"""DQN (with the Double DQN switch): the loss as pure functions, the update as one function.
+"""DQN (with the Double DQN switch): settings, presets, the loss as pure functions, the update, the agent.
 
-Both update builders return `update(obs, actions, rewards, next_obs, terminated) -> (loss, mean_q,
-grad_norm)`: forward, loss, backward, clip, fused Adam step. Neither holds a Python branch on
-tensor values, so `torch.compile` can take them whole.
-- `make_mlp_update` (vector observations): the Q-net is a `StackedMLP` with one member and the
-  backward is written out. On the 2-core CI CPU it takes 0.40 ms against autograd's 0.71 ms for
-  the CleanRL CartPole net at batch 128; the GEMMs alone need about 0.2 ms there.
-- `make_update` (image observations): autograd through the Nature CNN, whose convolutions
-  dominate and gain nothing from a hand-written backward.
+The loss is `q_loss` (TD target, Huber or squared TD error). Two updates minimise it, each one
+function with no Python branch on tensor values (so `torch.compile` takes it whole):
+- `make_autograd_update`: any Q-net (the Nature CNN, or the MLP), gradients by autograd;
+- `make_manual_update`: the MLP Q-net (a one-member `StackedMLP`) with the backward of the same
+  loss written out; tests hold its gradients to autograd's of `q_loss`. `--gradients auto` picks
+  it for vector observations on CPU, where it is the measured faster path (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -16,24 +14,86 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastrl.algorithm import Algorithm
 from fastrl.buffer import Batch
-from fastrl.config import TrainConfig
 from fastrl.cuda_graph import GraphedUpdate
-from fastrl.envs import EnvSpec
-from fastrl.fused_adam import FusedAdam, clip_grad_norm_, flatten_parameters_, preallocate_grads, rebuildable_views
+from fastrl.fused_adam import FusedAdam, flatten_parameters_, rebuildable_views
+from fastrl.learner import clip_and_step, grads_into_
 from fastrl.networks import NatureCNN
-from fastrl.schedules import learning_rate, linear
+from fastrl.schedules import learning_rate, linear, planned_updates
+from fastrl.settings import ConfigError, in_range, setting
 from fastrl.stacked_mlp import StackedMLP, backward
 from fastrl.targets import TargetUpdater, make_target_updater
 
+if TYPE_CHECKING:
+    from fastrl.config import TrainConfig
+    from fastrl.envs import EnvSpec
+
+# --- settings ---
+
+LOSSES = ("huber", "mse")
+
+
+@dataclass
+class DQNSettings:
+    loss: str = setting("huber", "TD loss", choices=LOSSES)
+    double_dqn: bool = setting(True, "Double DQN targets")
+    eps_start: float = setting(1.0, "initial epsilon", check=in_range(0, 1))
+    eps_end: float = setting(0.05, "final epsilon", check=in_range(0, 1))
+    eps_fraction: float = setting(0.1, "fraction of --total-steps over which epsilon decays", check=in_range(0, 1))
+
+
+DEFAULTS = {"target_update": "hard", "target_period": 500, "lr": 1e-3}
+
+PRESETS = {
+    # Tuned on seeds 1-3 (see README): long train phases with the target synced once per phase,
+    # a 256-256 net (smaller ones reached 500 and then collapsed), lr annealed to 0, and γ = 0.98
+    # (with 0.99 a seed still collapsed late and its Q values ran away). 60k steps: with the
+    # hand-written update, 50k left seed 3 at 437 (still rising); 60k ends seeds 1-5 at >= 483.
+    "CartPole-v1": {
+        "total_steps": 60_000, "num_envs": 8, "buffer_size": 50_000, "batch_size": 128,
+        "learning_starts": 1_000, "train_every": 32, "updates_per_train": 64, "lr": 2.3e-3,
+        "lr_schedule": "linear", "lr_end_fraction": 0.0, "gamma": 0.98,
+        "target_update": "hard", "target_period": 64, "tau": 0.01,
+        "hidden_sizes": (256, 256), "eps_start": 1.0, "eps_end": 0.04, "eps_fraction": 0.16,
+        "max_grad_norm": 10.0, "log_every": 5_000, "eval_every": 10_000, "eval_episodes": 10,
+    },
+    "Breakout-v5": {
+        "total_steps": 10_000_000, "num_envs": 8, "buffer_size": 1_000_000, "batch_size": 32,
+        "learning_starts": 80_000, "train_every": 1, "updates_per_train": 2, "lr": 1e-4,
+        "target_update": "hard", "target_period": 1_000, "eps_end": 0.01, "eps_fraction": 0.1,
+        "hidden_sizes": (512,), "log_every": 10_000, "eval_episodes": 4,
+    },
+}
+
+
+def uses_manual_gradients(cfg: TrainConfig, spec: EnvSpec, device: torch.device) -> bool:
+    """The hand-written MLP backward: asked for, or `auto` on CPU for vector observations."""
+    if cfg.gradients == "auto":
+        return not spec.is_image and device.type == "cpu"
+    return cfg.gradients == "manual"
+
+
+def check_spec(cfg: TrainConfig, spec: EnvSpec) -> None:
+    if cfg.gradients == "manual" and spec.is_image:
+        raise ConfigError(f"--gradients: manual is the ReLU-MLP backward, and {cfg.env} observes images "
+                          f"(a CNN); use --gradients autograd or auto")
+
+
+# --- the math ---
+
+
+Discount = float | torch.Tensor  # γ, or γ^m per sample (n-step returns: the batch's `discount`)
+
 
 def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q_target: torch.Tensor,
-              next_q_online: torch.Tensor | None, gamma: float) -> torch.Tensor:
+              next_q_online: torch.Tensor | None, gamma: Discount) -> torch.Tensor:
     """r + γ (1 − terminated) Q⁻(s', a*). Truncation is not termination: a time-limit cut still
     bootstraps. With `next_q_online` (Double DQN), a* = argmax Q(s', ·), else argmax Q⁻(s', ·)."""
     if next_q_online is None:
@@ -41,80 +101,106 @@ def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q_target: to
     else:
         best = next_q_online.argmax(dim=-1, keepdim=True)
         next_value = next_q_target.gather(-1, best).squeeze(-1)
+    if isinstance(gamma, torch.Tensor):
+        return torch.addcmul(rewards, gamma * (1.0 - terminated), next_value)
     return torch.addcmul(rewards, 1.0 - terminated, next_value, value=gamma)
 
 
-def td_loss(q_taken: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "huber":
-        return F.smooth_l1_loss(q_taken, target)
-    return F.mse_loss(q_taken, target)
+def td_loss(q_taken: torch.Tensor, target: torch.Tensor, kind: str, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean Huber (δ = 1) or squared TD error; with `weights` (prioritized replay's importance
+    weights), the weighted mean."""
+    loss = F.smooth_l1_loss if kind == "huber" else F.mse_loss
+    if weights is None:
+        return loss(q_taken, target)
+    return (weights * loss(q_taken, target, reduction="none")).mean()
 
 
-def td_loss_grad(q_taken: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """d td_loss / d q_taken: the mean's 1/B times the Huber (δ = 1) or squared-error slope."""
+def td_loss_grad(q_taken: torch.Tensor, target: torch.Tensor, kind: str,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
+    """d td_loss / d q_taken: the mean's 1/B times the Huber (δ = 1) or squared-error slope (times
+    each sample's weight)."""
     error = q_taken - target
-    if kind == "huber":
-        return error.clamp_(-1.0, 1.0).div_(error.shape[0])
-    return error.mul_(2.0 / error.shape[0])
+    slope = error.clamp_(-1.0, 1.0).div_(error.shape[0]) if kind == "huber" else error.mul_(2.0 / error.shape[0])
+    return slope if weights is None else slope.mul_(weights)
 
 
-UpdateFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+QNet = Callable[[torch.Tensor], torch.Tensor]  # observations [B, ...] -> Q values [B, A]
 
 
-def make_update(q: nn.Module, q_target: nn.Module, optimizer: FusedAdam, gamma: float,
-                double: bool, loss_kind: str, max_grad_norm: float) -> UpdateFn:
-    """The update through autograd, for any Q-net (the Nature CNN). `optimizer` steps the
-    parameters' preallocated `.grad` tensors, which backward accumulates into after a zero."""
-    grads = optimizer.grads
+def q_loss(q: QNet, q_target: QNet, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
+           next_obs: torch.Tensor, terminated: torch.Tensor, discount: Discount, double: bool,
+           kind: str, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The DQN loss of one mini-batch, and its metrics (with `weights`, also each sample's |TD
+    error|, "td_abs", for its new priority). No gradient flows through the target (nor, with
+    Double DQN, through the online net's choice of a*)."""
+    with torch.no_grad():
+        next_q_online = q(next_obs) if double else None
+        target = td_target(rewards, terminated, q_target(next_obs), next_q_online, discount)
+    q_taken = q(obs).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+    loss = td_loss(q_taken, target, kind, weights)
+    metrics = {"mean_q": q_taken.detach().mean()}
+    if weights is not None:
+        metrics["td_abs"] = (q_taken.detach() - target).abs()
+    return loss, metrics
+
+
+# --- the updates ---
+
+UpdateFn = Callable[..., dict[str, torch.Tensor]]
+
+
+def make_autograd_update(q: QNet, q_target: QNet, params: list[torch.Tensor], flat_grad: torch.Tensor,
+                         optimizer: FusedAdam, gamma: float, double: bool, loss_kind: str,
+                         max_grad_norm: float) -> UpdateFn:
+    """`q_loss`, differentiated by autograd into the flat gradient, clipped, one Adam step."""
 
     def update(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
-               terminated: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            next_q_target = q_target(next_obs)
-            # Double DQN picks a* with the online net; no gradient flows through that choice.
-            next_q_online = q(next_obs) if double else None
-        q_all = q(obs)
-        target = td_target(rewards, terminated, next_q_target, next_q_online, gamma)
-        q_taken = q_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
-        loss = td_loss(q_taken, target, loss_kind)
-        torch._foreach_zero_(grads)
-        loss.backward()
-        grad_norm = clip_grad_norm_(grads, max_grad_norm)
-        optimizer.step()
-        return loss.detach(), q_taken.detach().mean(), grad_norm
+               terminated: torch.Tensor, discount: torch.Tensor | None = None,
+               weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        loss, metrics = q_loss(q, q_target, obs, actions, rewards, next_obs, terminated,
+                               gamma if discount is None else discount, double, loss_kind, weights)
+        grads_into_(loss, params, flat_grad)
+        grad_norm = clip_and_step(optimizer, max_grad_norm)
+        return {"loss": loss.detach(), **metrics, "grad_norm": grad_norm}
 
     return update
 
 
-def make_mlp_update(q: StackedMLP, q_target: StackedMLP, optimizer: FusedAdam, gamma: float,
-                    double: bool, loss_kind: str, max_grad_norm: float) -> UpdateFn:
-    """The same update for a one-member `StackedMLP` Q-net, with the backward written out: the
-    loss's gradient reaches the net only through the taken action's Q, so the output gradient is
-    the one-hot of the action times d loss / d Q(s, a)."""
-    weights = q.layers()[0]
+def make_manual_update(q: StackedMLP, q_target: StackedMLP, optimizer: FusedAdam, gamma: float,
+                       double: bool, loss_kind: str, max_grad_norm: float) -> UpdateFn:
+    """`q_loss` for a one-member `StackedMLP` Q-net, with its backward written out: the loss's
+    gradient reaches the net only through the taken action's Q, so the output gradient is the
+    one-hot of the action times d loss / d Q(s, a)."""
+    layers = q.layers()[0]
     weight_grads = rebuildable_views([w.grad for w in q.weights])  # views of the flat gradient
     bias_grads = rebuildable_views([b.grad for b in q.biases])
-    action_ids = torch.arange(q.out_dim, dtype=torch.float32, device=weights[0].device)
+    action_ids = torch.arange(q.out_dim, dtype=torch.float32, device=layers[0].device)
 
     @torch.no_grad()
     def update(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
-               terminated: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               terminated: torch.Tensor, discount: torch.Tensor | None = None,
+               weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         next_q_target = q_target(next_obs.flatten(1))[0]
         next_q_online = q(next_obs.flatten(1))[0] if double else None
-        target = td_target(rewards, terminated, next_q_target, next_q_online, gamma)
+        target = td_target(rewards, terminated, next_q_target, next_q_online, gamma if discount is None else discount)
         q_all, trace = q.forward_traced(obs.flatten(1))
         # One-hot of the taken action: its product with Q picks Q(s, a), and the same mask routes
         # the loss gradient back to that output alone (actions arrive as floats from the buffer).
         taken = (actions.unsqueeze(-1) == action_ids).to(q_all.dtype)
         q_taken = (q_all[0] * taken).sum(-1)
-        loss = td_loss(q_taken, target, loss_kind)
-        d_q_taken = td_loss_grad(q_taken, target, loss_kind)
-        backward(weights, trace, (taken * d_q_taken.unsqueeze(-1)).unsqueeze(0), weight_grads(), bias_grads())
-        grad_norm = clip_grad_norm_(optimizer.grads, max_grad_norm)
-        optimizer.step()
-        return loss, q_taken.mean(), grad_norm
+        loss = td_loss(q_taken, target, loss_kind, weights)
+        metrics = {"loss": loss, "mean_q": q_taken.mean()}
+        if weights is not None:
+            metrics["td_abs"] = (q_taken - target).abs()
+        d_q_taken = td_loss_grad(q_taken, target, loss_kind, weights)
+        backward(layers, trace, (taken * d_q_taken.unsqueeze(-1)).unsqueeze(0), weight_grads(), bias_grads())
+        metrics["grad_norm"] = clip_and_step(optimizer, max_grad_norm)
+        return metrics
 
     return update
+
+
+# --- the agent ---
 
 
 @dataclass
@@ -154,14 +240,14 @@ class DQN:
 
     # --- learning ---
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        lr = learning_rate(self.cfg.lr_schedule, self.cfg.lr, self.updates_done, self.total_updates,
-                           end_fraction=self.cfg.lr_end_fraction, k0=self.cfg.lr_k0, power=self.cfg.lr_power)
-        self.optimizer.lr = lr
-        loss, mean_q, grad_norm = self.update_fn(batch.obs, batch.actions, batch.rewards, batch.next_obs,
-                                                 batch.terminated)
+        cfg = self.cfg
+        self.optimizer.lr = learning_rate(cfg.lr_schedule, cfg.lr, self.updates_done, self.total_updates,
+                                          end_fraction=cfg.lr_end_fraction, k0=cfg.lr_k0, power=cfg.lr_power)
+        metrics = self.update_fn(batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminated,
+                                 batch.discount, batch.weights)
         self.updates_done += 1
         self.targets.step(self.updates_done)
-        return {"loss": loss, "mean_q": mean_q, "grad_norm": grad_norm}
+        return metrics
 
     def current_lr(self) -> float:
         return self.optimizer.lr
@@ -175,17 +261,17 @@ class DQN:
     def load_state_dict(self, state: dict) -> None:
         self.q.load_state_dict(state["q"])
         self.q_target.load_state_dict(state["q_target"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(flat_optimizer_state(state["optimizer"]))
         self.updates_done = int(state["updates_done"])
         self.generator.set_state(state["generator"])
 
-    def policy_module(self) -> nn.Module:
-        return self.q
 
-
-def total_updates(cfg: TrainConfig) -> int:
-    train_steps = max(cfg.num_vector_steps - cfg.learning_starts // cfg.num_envs, 0)
-    return max(train_steps // cfg.train_every * cfg.updates_per_train, 1)
+def flat_optimizer_state(state: dict) -> dict:
+    """Adam moments saved per parameter (the Nature CNN's layout before its parameters were made
+    flat) as the one flat tensor the optimizer now holds: the parameters' order is the same."""
+    if len(state["exp_avg"]) == 1:
+        return state
+    return {**state, **{name: [torch.cat([t.reshape(-1) for t in state[name]])] for name in ("exp_avg", "exp_avg_sq")}}
 
 
 def make_greedy(q: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -198,21 +284,22 @@ def make_greedy(q: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 def build_dqn(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile: bool) -> DQN:
     if spec.is_image:
         q: nn.Module = NatureCNN(spec.obs_shape, cfg.hidden_sizes, spec.num_actions).to(device)
-        build_update = make_update
     else:
         q = StackedMLP(1, math.prod(spec.obs_shape), cfg.hidden_sizes, spec.num_actions).to(device)
-        build_update = make_mlp_update
     q_target = copy.deepcopy(q).requires_grad_(False)
-    # One fused Adam kernel over tensors listed once (torch.optim's per-step Python costs ~50 us
-    # more per update on the CI CPU). The MLP's parameters share one flat tensor, so its clip and
-    # Adam step are single-tensor ops.
-    if spec.is_image:
-        preallocate_grads(q)
-        optimizer = FusedAdam(list(q.parameters()), lr=cfg.lr, lr_on_device=cfg.cuda_graph)
+    # The parameters (and gradients) share one flat tensor: the clip and the fused Adam step are
+    # single-tensor ops, and torch.optim's per-step Python (~50 us on the CI CPU) is not paid.
+    flat, flat_grad = flatten_parameters_(q)
+    optimizer = FusedAdam([flat], lr=cfg.lr, grads=[flat_grad], lr_on_device=cfg.cuda_graph)
+    args = (cfg.gamma, cfg.double_dqn, cfg.loss, cfg.max_grad_norm)
+    if uses_manual_gradients(cfg, spec, device):
+        update_fn = make_manual_update(q, q_target, optimizer, *args)
     else:
-        flat, flat_grad = flatten_parameters_(q)
-        optimizer = FusedAdam([flat], lr=cfg.lr, grads=[flat_grad], lr_on_device=cfg.cuda_graph)
-    update_fn = build_update(q, q_target, optimizer, cfg.gamma, cfg.double_dqn, cfg.loss, cfg.max_grad_norm)
+        if spec.is_image:
+            q_fn, target_fn = q, q_target
+        else:
+            q_fn, target_fn = (lambda x: q(x.flatten(1))[0]), (lambda x: q_target(x.flatten(1))[0])
+        update_fn = make_autograd_update(q_fn, target_fn, list(q.parameters()), flat_grad, optimizer, *args)
     if use_compile:
         update_fn = torch.compile(update_fn)
     if cfg.cuda_graph:
@@ -223,4 +310,11 @@ def build_dqn(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile
     # The acting policy is compiled with the update (so that on CUDA its small kernels can fuse); the
     # epsilon draw stays eager, as it uses the agent's generator.
     greedy = torch.compile(make_greedy(q)) if use_compile else make_greedy(q)
-    return DQN(spec, cfg, q, q_target, optimizer, targets, update_fn, generator, device, total_updates(cfg), greedy)
+    return DQN(spec, cfg, q, q_target, optimizer, targets, update_fn, generator, device, planned_updates(cfg), greedy)
+
+
+ALGORITHMS = (
+    Algorithm("dqn", discrete=True, build=build_dqn, section=DQNSettings, reads=tuple(DQNSettings.__dataclass_fields__),
+              defaults=DEFAULTS, presets=PRESETS, check_spec=check_spec,
+              notes="--target-period counts gradient updates"),
+)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fastrl.config import ConfigError
+from fastrl.settings import ConfigError
 
 # envpool declares float64 bounds on float32 boxes; gymnasium warns about it on every space.
 warnings.filterwarnings("ignore", message=".*precision lowered by casting.*", category=UserWarning)

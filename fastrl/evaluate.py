@@ -84,11 +84,10 @@ def record_gif(policy: Callable[[torch.Tensor], torch.Tensor], env_id: str, obs_
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Deferred: fastrl.train imports this module for `evaluate_policy`.
     from fastrl.checkpoint import load_run_checkpoint
-    from fastrl.config import ConfigError, TrainConfig
+    from fastrl.config import ConfigError, config_from_checkpoint, resolve_device
     from fastrl.envs import lookup_spec
-    from fastrl.train import AGENT_BUILDERS, resolve_device
+    from fastrl.registry import build_agent
 
     parser = argparse.ArgumentParser(prog="python -m fastrl.evaluate",
                                      description="Greedy episodes from a run's checkpoint: mean ± std, and a GIF.")
@@ -106,16 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.seed is not None and args.seed < 0:
             raise ConfigError(f"--seed: must be an integer >= 0, got {args.seed}")
         state = load_run_checkpoint(args.run_dir, flag="RUN_DIR")
-        settings = state["config"]
-        cfg = TrainConfig(**{**settings, "hidden_sizes": tuple(settings["hidden_sizes"])})
+        cfg = config_from_checkpoint(state["config"], "RUN_DIR")
         spec = lookup_spec(cfg.env)
         device = resolve_device(args.device)
-        if cfg.algo not in AGENT_BUILDERS:
-            raise ConfigError(f"RUN_DIR: algorithm {cfg.algo!r} of this run is not available in this fastrl")
     except ConfigError as exc:
         print(f"python -m fastrl.evaluate: error: {exc}", file=sys.stderr)
         return 2
-    agent = AGENT_BUILDERS[cfg.algo](spec, cfg, device, False)
+    agent = build_agent(spec, cfg, device, False)
     agent_state = dict(state["agent"])
     if "generator" in agent_state:  # exploration RNG: unused by greedy play, and its state is device-specific
         agent_state["generator"] = agent.generator.get_state()

@@ -1,4 +1,5 @@
-"""A one-line progress bar on stderr: steps, SPS, last return, exploration, ETA."""
+"""A one-line progress bar on stderr: steps, SPS, the last log row's returns, every metric the
+algorithm reports and its exploration settings, ETA."""
 
 from __future__ import annotations
 
@@ -6,6 +7,13 @@ import math
 import sys
 import time
 from typing import Any
+
+
+# Row entries the bar leaves out (it shows its own step count and SPS); every other number is shown.
+BOOKKEEPING = frozenset({"env_step", "wall_s", "sps", "updates", "episodes", "episodic_length", "lr",
+                         "action_entropy", "eval_return_std"})
+LABELS = {"episodic_return": "return", "eval_return_mean": "eval", "epsilon": "eps", "exploration_noise": "noise",
+          "mean_q": "q"}
 
 
 class Progress:
@@ -31,11 +39,9 @@ class Progress:
         frac = step / self.total
         bar = "#" * int(20 * frac) + "-" * (20 - int(20 * frac))
         parts = [f"[{bar}] {step}/{self.total}", f"{sps:,.0f} SPS"]
-        for key, label in (("episodic_return", "return"), ("eval_return_mean", "eval"),
-                           ("epsilon", "eps"), ("exploration_noise", "noise")):
-            value = self.last_row.get(key)
-            if isinstance(value, float) and math.isfinite(value):
-                parts.append(f"{label} {value:.3g}")
+        for key, value in self.last_row.items():
+            if key not in BOOKKEEPING and isinstance(value, float) and math.isfinite(value):
+                parts.append(f"{LABELS.get(key, key)} {value:.3g}")
         parts.append(f"ETA {eta:.0f}s" if math.isfinite(eta) else "ETA ?")
         line = " | ".join(parts)
         if self.tty:

@@ -11,10 +11,11 @@ from typing import Any
 
 import torch
 
+# The columns every run writes first, in this order; an algorithm's metrics (whatever names its
+# updates return) and exploration settings follow, in the order they first appear.
 METRIC_COLUMNS = (
     "env_step", "wall_s", "sps", "updates", "episodes", "episodic_return", "episodic_length",
-    "loss", "mean_q", "grad_norm", "epsilon", "exploration_noise", "lr", "action_entropy",
-    "eval_return_mean", "eval_return_std",
+    "loss", "mean_q", "grad_norm", "lr", "action_entropy", "eval_return_mean", "eval_return_std",
 )
 
 
@@ -42,16 +43,26 @@ def played_action_entropy(actions: torch.Tensor, discrete: bool, num_actions: in
 
 
 class RunLog:
+    """metrics.csv and TensorBoard. A row may bring a name no earlier row had: the CSV then gains
+    that column (the file is rewritten with the wider header; earlier rows leave it empty), so no
+    metric is ever dropped. Appending to a resumed run's file keeps its columns."""
+
     def __init__(self, run_dir: Path, config: dict[str, Any], append: bool = False):
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        path = run_dir / "metrics.csv"
-        new_file = not (append and path.exists())
-        self._file = open(path, "w" if new_file else "a", newline="")
-        self._csv = csv.DictWriter(self._file, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-        if new_file:
-            self._csv.writeheader()
+        self.path = run_dir / "metrics.csv"
+        self.columns: list[str] = list(METRIC_COLUMNS)
+        if append and self.path.exists():
+            with open(self.path, newline="") as f:
+                header = next(csv.reader(f), [])
+            self.columns += [c for c in header if c not in self.columns]
+            self._file = open(self.path, "a", newline="")
+            if header != self.columns:
+                self._rewrite()
+        else:
+            self._file = open(self.path, "w", newline="")
+            self._writer().writeheader()
         self._tb = None
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -60,8 +71,24 @@ class RunLog:
         except ImportError:  # tensorboard is optional
             pass
 
+    def _writer(self) -> csv.DictWriter:
+        return csv.DictWriter(self._file, fieldnames=self.columns)
+
+    def _rewrite(self) -> None:
+        """Write the file again with `self.columns` as its header (rows are few: one per log window)."""
+        self._file.close()
+        rows = read_metrics(self.run_dir)
+        self._file = open(self.path, "w", newline="")
+        writer = self._writer()
+        writer.writeheader()
+        writer.writerows(rows)
+
     def write(self, row: dict[str, Any]) -> None:
-        self._csv.writerow({k: _fmt(v) for k, v in row.items()})
+        new = [k for k in row if k not in self.columns]
+        if new:
+            self.columns += new
+            self._rewrite()
+        self._writer().writerow({k: _fmt(v) for k, v in row.items()})
         self._file.flush()
         if self._tb is not None:
             for key, value in row.items():

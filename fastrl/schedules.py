@@ -26,3 +26,26 @@ def learning_rate(schedule: str, lr0: float, update: int, total_updates: int, *,
     if schedule == "robbins-monro":
         return robbins_monro(lr0, k0, power, update)
     raise ValueError(f"unknown lr schedule {schedule!r}")
+
+
+# --- when the loop trains: one predicate, shared by the loop and the schedules that plan for it ---
+
+# A mini-batch needs a sampleable row, and the newest vector step's rows are not sampleable yet
+# (their next observation is unwritten): the first train phase can come at vector step 2.
+FIRST_TRAIN_VECTOR_STEP = 2
+
+
+def train_phase_due(vector_step: int, num_envs: int, train_every: int, learn_from: int) -> bool:
+    """Whether the loop runs a train phase while vector step `vector_step` (0-based) is in flight:
+    every `train_every` vector steps, once the step under way reaches env step `learn_from`."""
+    return (vector_step >= FIRST_TRAIN_VECTOR_STEP and (vector_step + 1) * num_envs >= learn_from
+            and (vector_step + 1) % train_every == 0)
+
+
+def planned_updates(cfg) -> int:
+    """Updates an uninterrupted run makes: `updates_per_train` per vector step where
+    `train_phase_due` holds (counted in closed form). The linear lr schedule ends here."""
+    last = cfg.num_vector_steps  # vector steps are 0 .. last-1; count u = step + 1 in [first, last]
+    first = max(FIRST_TRAIN_VECTOR_STEP + 1, -(-cfg.learning_starts // cfg.num_envs))
+    phases = max(last // cfg.train_every - (first - 1) // cfg.train_every, 0)
+    return max(phases * cfg.updates_per_train, 1)

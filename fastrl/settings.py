@@ -35,12 +35,12 @@ def check_field(f: dataclasses.Field, value: Any) -> None:
     choices = f.metadata.get("choices")
     if choices is not None and value not in choices:
         raise ConfigError(f"{flag(f.name)}: {value!r} is not one of {', '.join(choices)}")
-    if isinstance(value, float) and not math.isfinite(value):  # NaN passes comparisons such as x < 0
-        raise ConfigError(f"{flag(f.name)}: must be a finite number, got {value}")
     check = f.metadata.get("check")
     problem = check(value) if check is not None else None
     if problem:
         raise ConfigError(f"{flag(f.name)}: {problem}")
+    if isinstance(value, float) and not math.isfinite(value):  # NaN passes checks such as `not x < 0`
+        raise ConfigError(f"{flag(f.name)}: must be a finite number, got {value}")
 
 
 # --- checks: each returns what is wrong, in the words that follow "--flag: " ---
@@ -58,11 +58,12 @@ def non_negative_int(value: Any) -> str | None:
 
 
 def positive(value: Any) -> str | None:
-    return None if value > 0 else f"must be a positive number, got {value}"
+    return None if value > 0 and math.isfinite(value) else f"must be a positive number, got {value}"
 
 
 def non_negative(what: str = "") -> Check:
-    return lambda value: None if value >= 0 else f"must be >= 0{what}, got {value}"
+    """`value >= 0`; NaN is left to the finiteness check that follows every setting's own."""
+    return lambda value: f"must be >= 0{what}, got {value}" if value < 0 else None
 
 
 def in_range(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Check:

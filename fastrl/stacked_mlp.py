@@ -80,10 +80,11 @@ class StackedMLP(nn.Module):
         self._plain: list[tuple[torch.Tensor, ...]] = []  # forward_one's 2-D views (see there)
         self._plain_of: tuple[int, ...] = ()  # the parameter storage they view
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, in] or [E, B, in] -> [E, B, out]. Also differentiable by autograd (tests, export)."""
-        weights, biases = self._weights, self._biases
-        h = x.expand(self.members, *x.shape) if x.dim() == 2 else x
+    def forward(self, x: torch.Tensor, members: slice | None = None) -> torch.Tensor:
+        """[B, in] or [E, B, in] -> [E, B, out], for all members or the slice `members`.
+        Differentiable by autograd (the default update path, tests, export)."""
+        weights, biases = self.layers(members)
+        h = x.expand(weights[0].shape[0], *x.shape) if x.dim() == 2 else x
         for i in range(len(weights) - 1):
             h = linear(h, weights[i], biases[i]).relu_()
         return linear(h, weights[-1], biases[-1])

@@ -1,11 +1,15 @@
 """TD3 and DDPG: one implementation; DDPG is TD3 with one critic, no target smoothing and an actor
-update after every critic update.
+update after every critic update. Settings, presets, the math, the updates, the agent.
 
-The math is pure functions (action scaling, exploration, target smoothing, the TD target, the
-critic loss). `make_update` returns one function that runs the critic update and, when the host's
-update counter says it is due, the actor update: forward, hand-written backward (see
-`stacked_mlp`), fused Adam. It holds no Python branch on tensor values, so `torch.compile` takes it
-whole (the fused Adam kernel runs eagerly between graphs, as it does in torch.optim).
+The losses are pure functions (`critic_loss_of`, `actor_loss_of`, on top of the TD target and the
+smoothing below). Two updates minimise them, each one function holding no Python branch on
+tensor values (so `torch.compile` takes it whole):
+- `make_autograd_update`: gradients by autograd (`fastrl.learner.grads_into_`);
+- `make_manual_update`: the same losses with the ReLU MLPs' backward written out (see
+  `stacked_mlp`); the actor's needs only dQ/da from the critic, so no critic weight gradient is
+  formed for it. Tests hold its gradients to autograd's of the same losses. `--gradients auto`
+  picks it on CPU, where it is the measured faster path (BENCHMARKS.md).
+The critic step runs every update and the actor step when the host's update counter says so.
 
 Targets (actor and critics) move together, in one fused soft or hard update after each actor
 update, as in TD3; `--target-period` (hard updates) therefore counts actor updates.
@@ -17,19 +21,58 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from fastrl.algorithm import Algorithm
 from fastrl.buffer import Batch
-from fastrl.config import TrainConfig
 from fastrl.cuda_graph import GraphedUpdate
-from fastrl.dqn import total_updates
-from fastrl.envs import EnvSpec
 from fastrl.fused_adam import FusedAdam, clip_grad_norm_, flatten_parameters_, rebuildable_views
-from fastrl.schedules import learning_rate
+from fastrl.learner import clip_and_step, grads_into_
+from fastrl.schedules import learning_rate, planned_updates
+from fastrl.settings import non_negative, optional, positive, positive_int, setting
 from fastrl.stacked_mlp import StackedMLP, Trace, backward
 from fastrl.targets import TargetUpdater, make_target_updater
+
+if TYPE_CHECKING:
+    from fastrl.config import TrainConfig
+    from fastrl.envs import EnvSpec
+
+# --- settings ---
+
+
+@dataclass
+class TD3Settings:
+    exploration_noise: float = setting(0.1, "Gaussian action noise, as a fraction of the action range's half-width",
+                                       check=non_negative())
+    policy_noise: float = setting(0.2, "TD3 target smoothing noise (fraction of half-width)", check=non_negative())
+    noise_clip: float = setting(0.5, "TD3 target smoothing clip (fraction of half-width)", check=non_negative())
+    policy_delay: int = setting(1, "critic updates per actor update", check=positive_int)
+    actor_lr: float | None = setting(None, "actor learning rate (default: --lr)", check=optional(positive))
+
+
+# The published TD3/DDPG settings (Fujimoto et al. 2018; CleanRL). The 25k random steps are for
+# 1M-step runs: without a preset, `fastrl.config.fit_to_run_length` shortens them for short runs.
+_PUBLISHED = {"batch_size": 256, "lr": 3e-4, "tau": 0.005, "target_update": "soft", "learning_starts": 25_000,
+              "buffer_size": 1_000_000, "max_grad_norm": 0.0, "eval_episodes": 10}
+DDPG_DEFAULTS = {**_PUBLISHED, "policy_delay": 1}
+TD3_DEFAULTS = {**_PUBLISHED, "policy_delay": 2}
+
+PRESETS = {
+    # One update per env step with a 1k-step random start: seeds 1 and 2 end at -130 to -144
+    # after 20k steps.
+    "Pendulum-v1": {"total_steps": 20_000, "learning_starts": 1_000, "log_every": 2_000, "eval_every": 5_000},
+    "MountainCarContinuous-v0": {"total_steps": 100_000, "exploration_noise": 0.5, "learning_starts": 5_000},
+    **{env: {"total_steps": 1_000_000, "learning_starts": 25_000, "log_every": 10_000, "eval_every": 50_000}
+       for env in ("HalfCheetah-v4", "Hopper-v4", "Walker2d-v4", "Ant-v4")},
+}
+
+
+def uses_manual_gradients(cfg: TrainConfig, device: torch.device) -> bool:
+    """The hand-written MLP backward: asked for, or `auto` on CPU."""
+    return cfg.gradients == "manual" or (cfg.gradients == "auto" and device.type == "cpu")
 
 # --- the math ---
 
@@ -57,15 +100,61 @@ def smooth_target_action(target_action: torch.Tensor, normal: torch.Tensor, std:
     return torch.clamp(target_action + torch.clamp(normal * std, -clip, clip), low, high)
 
 
-def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tensor, gamma: float) -> torch.Tensor:
+def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tensor,
+              gamma: float | torch.Tensor) -> torch.Tensor:
     """r + γ (1 − terminated) min_e Q⁻_e(s', ã), next_q being [E, B]. With two critics the min is
-    TD3's clipped double Q; with one it is DDPG's target. Truncation still bootstraps."""
+    TD3's clipped double Q; with one it is DDPG's target. Truncation still bootstraps. `gamma` may
+    be γ^m per sample (n-step returns)."""
     return rewards + gamma * (1.0 - terminated) * next_q.amin(dim=0)
 
 
-def critic_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Sum over critics of each critic's mean squared TD error; q is [E, B], target [B]."""
-    return (q - target).square().mean(dim=1).sum()
+def critic_loss(q: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum over critics of each critic's mean squared TD error; q is [E, B], target [B]; with
+    `weights` (importance weights, [B]), each critic's weighted mean."""
+    squared = (q - target).square()
+    return (squared if weights is None else squared * weights).mean(dim=1).sum()
+
+
+def td_abs(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """|TD error| per sample, averaged over the critics: the sample's new priority."""
+    return (q - target).abs().mean(dim=0)
+
+
+Net = Callable[..., torch.Tensor]
+
+
+@torch.no_grad()
+def bootstrap_target(critic_target: Net, actor_target: Net, rewards: torch.Tensor, next_obs: torch.Tensor,
+                     terminated: torch.Tensor, normal: torch.Tensor | None, smoothing_std: torch.Tensor,
+                     smoothing_clip: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
+                     gamma: float | torch.Tensor) -> torch.Tensor:
+    """The critics' regression target, through the target nets (smoothed when `normal` is given)."""
+    next_actions = actor_target(next_obs)
+    if normal is not None:
+        next_actions = smooth_target_action(next_actions, normal, smoothing_std, smoothing_clip, low, high)
+    return td_target(rewards, terminated, critic_target(critic_input(next_obs, next_actions))[..., 0], gamma)
+
+
+def critic_loss_of(critic: Net, critic_target: Net, actor_target: Net, obs: torch.Tensor, actions: torch.Tensor,
+                   rewards: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor,
+                   normal: torch.Tensor | None, smoothing_std: torch.Tensor, smoothing_clip: torch.Tensor,
+                   low: torch.Tensor, high: torch.Tensor, gamma: float | torch.Tensor,
+                   weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The critics' loss against the clipped-double-Q target (TD3), or one critic's (DDPG: no
+    `normal`, no smoothing). Critics map [B, obs + act] to [E, B, 1]. With `weights`, the metrics
+    carry each sample's |TD error| ("td_abs") for its new priority."""
+    target = bootstrap_target(critic_target, actor_target, rewards, next_obs, terminated, normal, smoothing_std,
+                              smoothing_clip, low, high, gamma)
+    q = critic(critic_input(obs, actions))[..., 0]
+    metrics = {"mean_q": q.detach().mean()}
+    if weights is not None:
+        metrics["td_abs"] = td_abs(q.detach(), target)
+    return critic_loss(q, target, weights), metrics
+
+
+def actor_loss_of(actor: Net, critic: Net, obs: torch.Tensor) -> torch.Tensor:
+    """−mean Q₁(s, μ(s)): the actor climbs its first critic (TD3), or the only one (DDPG)."""
+    return -critic(critic_input(obs, actor(obs)), members=slice(0, 1)).mean()
 
 
 # --- networks ---
@@ -81,6 +170,7 @@ class Actor(nn.Module):
         self.register_buffer("high", high.reshape(-1).float().clone())
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """Differentiable by autograd (the default update path)."""
         return to_box(torch.tanh(self.net(obs.flatten(1))[0]), self.low, self.high)
 
     def act(self, obs: torch.Tensor) -> torch.Tensor:
@@ -100,7 +190,7 @@ def critic_input(obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
 
 # --- the update ---
 
-UpdateFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+UpdateFn = Callable[..., dict[str, torch.Tensor]]
 
 
 def _grads(net: StackedMLP) -> tuple[Callable[[], list[torch.Tensor]], Callable[[], list[torch.Tensor]]]:
@@ -108,12 +198,13 @@ def _grads(net: StackedMLP) -> tuple[Callable[[], list[torch.Tensor]], Callable[
     return rebuildable_views([w.grad for w in net.weights]), rebuildable_views([b.grad for b in net.biases])
 
 
-def make_update(actor: Actor, critic: StackedMLP, actor_target: Actor, critic_target: StackedMLP,
-                critic_opt: FusedAdam, actor_opt: FusedAdam, gamma: float,
-                smoothing: bool, policy_noise: float, noise_clip: float, max_grad_norm: float) -> UpdateFn:
+def make_manual_update(actor: Actor, critic: StackedMLP, actor_target: Actor, critic_target: StackedMLP,
+                       critic_opt: FusedAdam, actor_opt: FusedAdam, gamma: float,
+                       smoothing: bool, policy_noise: float, noise_clip: float, max_grad_norm: float) -> UpdateFn:
+    """`critic_loss_of` and `actor_loss_of` with their backward written out."""
     critic_w_grads, critic_b_grads = _grads(critic)
     actor_w_grads, actor_b_grads = _grads(actor.net)
-    critic_grads, actor_grads = critic_opt.grads, actor_opt.grads  # clipped as the optimizers see them
+    actor_grads = actor_opt.grads  # clipped as the optimizer sees them
     critic_weights = list(critic.weights)
     actor_weights = list(actor.net.weights)
     first_critic = slice(0, 1)  # the actor climbs Q₁ only (TD3); with one critic, that one
@@ -124,22 +215,22 @@ def make_update(actor: Actor, critic: StackedMLP, actor_target: Actor, critic_ta
 
     @torch.no_grad()
     def update(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
-               terminated: torch.Tensor, normal: torch.Tensor | None,
-               update_actor: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               terminated: torch.Tensor, normal: torch.Tensor | None, update_actor: bool,
+               discount: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         batch = rewards.shape[0]
         # Critic: regress every critic on the shared clipped-double-Q target.
-        next_actions = actor_target(next_obs)
-        if smoothing:
-            next_actions = smooth_target_action(next_actions, normal, smoothing_std, smoothing_clip, low, high)
-        next_q = critic_target(critic_input(next_obs, next_actions))[..., 0]
-        target = td_target(rewards, terminated, next_q, gamma)
+        target = bootstrap_target(critic_target, actor_target, rewards, next_obs, terminated,
+                                  normal if smoothing else None, smoothing_std, smoothing_clip, low, high,
+                                  gamma if discount is None else discount)
         q_out, trace = critic.forward_traced(critic_input(obs, actions))
         q = q_out[..., 0]
-        loss = critic_loss(q, target)
-        backward(critic_weights, trace, ((2.0 / batch) * (q - target)).unsqueeze(-1), critic_w_grads(),
-                 critic_b_grads())
-        grad_norm = clip_grad_norm_(critic_grads, max_grad_norm)
-        critic_opt.step()
+        metrics = {"loss": critic_loss(q, target, weights), "mean_q": q.mean()}
+        d_q = (2.0 / batch) * (q - target)
+        if weights is not None:
+            metrics["td_abs"] = td_abs(q, target)
+            d_q = d_q * weights
+        backward(critic_weights, trace, d_q.unsqueeze(-1), critic_w_grads(), critic_b_grads())
+        metrics["grad_norm"] = clip_and_step(critic_opt, max_grad_norm)
 
         if update_actor:  # decided by the host's update counter, never by a tensor
             # Actor: ascend Q₁(s, μ(s)) through the freshly updated critic. Only dQ/da is needed
@@ -154,7 +245,34 @@ def make_update(actor: Actor, critic: StackedMLP, actor_target: Actor, critic_ta
             if max_grad_norm > 0:  # the actor's norm is not logged: compute it only to clip
                 clip_grad_norm_(actor_grads, max_grad_norm)
             actor_opt.step()
-        return loss, q.mean(), grad_norm
+            metrics["actor_loss"] = -q1.mean()
+        return metrics
+
+    return update
+
+
+def make_autograd_update(actor: Actor, critic: StackedMLP, actor_target: Actor, critic_target: StackedMLP,
+                         critic_opt: FusedAdam, actor_opt: FusedAdam, gamma: float, smoothing: bool,
+                         policy_noise: float, noise_clip: float, max_grad_norm: float) -> UpdateFn:
+    """`critic_loss_of` and `actor_loss_of` differentiated by autograd into the flat gradients."""
+    critic_params, actor_params = list(critic.parameters()), list(actor.parameters())
+    low, high = actor.low, actor.high
+    smoothing_std, smoothing_clip = box_fraction(policy_noise, low, high), box_fraction(noise_clip, low, high)
+
+    def update(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
+               terminated: torch.Tensor, normal: torch.Tensor | None, update_actor: bool,
+               discount: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        loss, metrics = critic_loss_of(critic, critic_target, actor_target, obs, actions, rewards, next_obs,
+                                       terminated, normal if smoothing else None, smoothing_std, smoothing_clip,
+                                       low, high, gamma if discount is None else discount, weights)
+        grads_into_(loss, critic_params, critic_opt.grads[0])
+        metrics = {"loss": loss.detach(), **metrics, "grad_norm": clip_and_step(critic_opt, max_grad_norm)}
+        if update_actor:  # decided by the host's update counter, never by a tensor
+            actor_loss = actor_loss_of(actor, critic, obs)
+            grads_into_(actor_loss, actor_params, actor_opt.grads[0])
+            clip_and_step(actor_opt, max_grad_norm)
+            metrics["actor_loss"] = actor_loss.detach()
+        return metrics
 
     return update
 
@@ -214,14 +332,14 @@ class TD3:
         update_actor = (self.updates_done + 1) % self.cfg.policy_delay == 0
         normal = (torch.randn(batch.actions.shape, generator=self.generator, device=self.device)
                   if self.smoothing else None)
-        loss, mean_q, grad_norm = self.update_fn(batch.obs, batch.actions, batch.rewards, batch.next_obs,
-                                                 batch.terminated, normal, update_actor)
+        metrics = self.update_fn(batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminated,
+                                 normal, update_actor, batch.discount, batch.weights)
         self.updates_done += 1
         if update_actor:
             # Targets move with the actor (every policy_delay critic updates), as in TD3.
             self.actor_updates += 1
             self.targets.step(self.actor_updates)
-        return {"loss": loss, "mean_q": mean_q, "grad_norm": grad_norm}
+        return metrics
 
     def current_lr(self) -> float:
         return self.critic_opt.lr
@@ -241,9 +359,6 @@ class TD3:
         self.actor_updates = int(state["actor_updates"])
         self.generator.set_state(state["generator"])
 
-    def policy_module(self) -> nn.Module:
-        return self.actor
-
 
 def _build(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile: bool, twin: bool) -> TD3:
     obs_dim = math.prod(spec.obs_shape)
@@ -259,6 +374,7 @@ def _build(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile: b
     critic_opt = FusedAdam([critic_flat], lr=cfg.lr, grads=[critic_flat_grad], lr_on_device=cfg.cuda_graph)
     actor_opt = FusedAdam([actor_flat], lr=cfg.actor_lr or cfg.lr, grads=[actor_flat_grad],
                           lr_on_device=cfg.cuda_graph)
+    make_update = make_manual_update if uses_manual_gradients(cfg, device) else make_autograd_update
     update_fn = make_update(actor, critic, actor_target, critic_target, critic_opt, actor_opt, cfg.gamma,
                             twin, cfg.policy_noise, cfg.noise_clip, cfg.max_grad_norm)
     if use_compile:
@@ -273,7 +389,7 @@ def _build(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile: b
     # exploration noise stays eager, as it draws from the agent's generator.
     policy = torch.compile(actor.act) if use_compile else actor.act
     return TD3(spec, cfg, actor, critic, actor_target, critic_target, critic_opt, actor_opt, targets, update_fn,
-               twin, generator, device, total_updates(cfg), box_fraction(cfg.exploration_noise, actor.low, actor.high),
+               twin, generator, device, planned_updates(cfg), box_fraction(cfg.exploration_noise, actor.low, actor.high),
                policy)
 
 
@@ -283,3 +399,13 @@ def build_td3(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile
 
 def build_ddpg(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile: bool) -> TD3:
     return _build(spec, cfg, device, use_compile, twin=False)
+
+
+_NOTES = "--target-period counts actor updates (targets move with the actor)"
+ALGORITHMS = (
+    Algorithm("ddpg", discrete=False, build=build_ddpg, section=TD3Settings,
+              reads=("exploration_noise", "policy_delay", "actor_lr"), defaults=DDPG_DEFAULTS, presets=PRESETS,
+              notes=_NOTES),
+    Algorithm("td3", discrete=False, build=build_td3, section=TD3Settings,
+              reads=tuple(TD3Settings.__dataclass_fields__), defaults=TD3_DEFAULTS, presets=PRESETS, notes=_NOTES),
+)

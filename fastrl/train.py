@@ -27,62 +27,25 @@ from fastrl.checkpoint import (
     CHECKPOINT_NAME, RunCounters, env_seed, load_run_checkpoint, save_checkpoint, set_rng_state, training_payload,
 )
 from fastrl.config import (
-    ALGOS, DEVICES, LOSSES, LR_SCHEDULES, TARGET_UPDATES, ConfigError, TrainConfig, auto_threads, describe_presets,
-    load_config_file, resolve, validate, validate_for_env,
+    FIELDS, ConfigError, TrainConfig, auto_threads, config_from_checkpoint, describe_presets, load_config_file,
+    resolve, resolve_device, validate, validate_for_env,
 )
-from fastrl.dqn import build_dqn
-from fastrl.td3 import build_ddpg, build_td3
 from fastrl.envs import EnvSpec, TorchVecEnv, lookup_spec
 from fastrl.evaluate import evaluate_policy, mean_std
 from fastrl.finite import NonFiniteError, check_metrics, check_weights
 from fastrl.interrupts import StopRequest, stop_on_signals
+from fastrl.metrics import MetricWindow
 from fastrl.progress import Progress
+from fastrl.registry import ALGORITHMS, build_agent
 from fastrl.runlog import RunLog, played_action_entropy, plot_learning_curve, write_summary
+from fastrl.schedules import train_phase_due
+from fastrl.settings import flag
 
 EXIT_BAD_SETTING = 2
 TORCH_DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice (the cores), before any run changes it
 EXIT_NON_FINITE = 3
 # Settings a resumed run may change: neither alters what the run computes up to its old end.
 RESUME_OVERRIDES = ("total_steps", "progress")
-
-AGENT_BUILDERS = {"dqn": build_dqn, "ddpg": build_ddpg, "td3": build_td3}
-
-HELP = {
-    "algo": "algorithm", "env": "environment id (envpool, else gymnasium)", "seed": "random seed",
-    "total_steps": "env steps (transitions over all envs) to collect",
-    "num_envs": "parallel envs", "buffer_size": "replay capacity in transitions",
-    "batch_size": "mini-batch size", "learning_starts": "env steps of random actions before learning",
-    "train_every": "vector steps between train phases",
-    "updates_per_train": "mini-batch updates per train phase (with --train-every, --num-envs and "
-                         "--batch-size this sets the update-to-data ratio)",
-    "lr": "learning rate (critic's, for DDPG/TD3)", "lr_schedule": "learning-rate schedule over updates",
-    "lr_k0": "Robbins–Monro: lr_k = lr / (1 + k/k0)^p", "lr_power":
-        "Robbins–Monro exponent p, 0.5 < p <= 1: then the sum of steps diverges and the sum of "
-        "their squares converges, the conditions for stochastic approximation to converge",
-    "lr_end_fraction": "linear schedule: final lr as a fraction of --lr",
-    "gamma": "discount in [0, 1]", "target_update": "soft (Polyak, every update) or hard (copy every C)",
-    "tau": "soft update rate in (0, 1]", "target_period": "hard update period C in gradient updates",
-    "hidden_sizes": "hidden layer sizes, space-separated", "max_grad_norm": "global grad-norm clip (0 = off)",
-    "loss": "TD loss", "double_dqn": "Double DQN targets", "eps_start": "initial epsilon",
-    "eps_end": "final epsilon", "eps_fraction": "fraction of --total-steps over which epsilon decays",
-    "exploration_noise": "Gaussian action noise, as a fraction of the action range's half-width",
-    "policy_noise": "TD3 target smoothing noise (fraction of half-width)",
-    "noise_clip": "TD3 target smoothing clip (fraction of half-width)",
-    "policy_delay": "critic updates per actor update", "actor_lr": "actor learning rate (default: --lr)",
-    "device": "auto picks cuda when available",
-    "threads": "torch intra-op threads (0 = auto: on CPU, all cores from batch 256 at width 256, else 1)",
-    "compile": "torch.compile the update (default: on for CUDA)",
-    "cuda_graph": "replay each update as one CUDA graph (CUDA only; not yet verified on a GPU, so off by default)",
-    "run_dir": "run folder (default runs/<env>-<algo>-<seed>-<time>)",
-    "eval_episodes": "greedy episodes per evaluation", "eval_every": "env steps between evaluations (0 = end only)",
-    "log_every": "env steps between metric rows",
-    "checkpoint_every": "env steps between checkpoints (0 = end only); each one cuts the running episodes "
-                        "(as time-limit truncations) so that a resumed run continues exactly",
-    "checkpoint_buffer": "include the replay buffer in checkpoints", "progress": "progress bar on stderr",
-}
-CHOICES = {"algo": ALGOS, "lr_schedule": LR_SCHEDULES, "target_update": TARGET_UPDATES, "loss": LOSSES,
-           "device": DEVICES}
-
 
 class _OneLineErrorParser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:  # argparse prints usage too; we say one line
@@ -91,7 +54,7 @@ class _OneLineErrorParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineErrorParser(
-        prog="python -m fastrl.train", description="Train DQN / DDPG / TD3 with fastrl.",
+        prog="python -m fastrl.train", description=f"Train {' / '.join(a.upper() for a in ALGORITHMS)} with fastrl.",
         epilog=describe_presets(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="TOML or JSON file of settings; flags override it")
@@ -99,13 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue the run in RUN_DIR from its checkpoint, with its settings; only "
                              "--total-steps (to extend it) and --progress/--no-progress may be given too")
     hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
+    for f in FIELDS.values():
         hint = hints[f.name]
-        base = f"{HELP.get(f.name, f.name)} (default {f.default!r}; presets may change it)"
-        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": base}
-        if f.name in CHOICES:
-            kwargs["choices"] = CHOICES[f.name]
+        base = f"{f.metadata.get('help', f.name)} (default {f.default!r}; presets may change it)"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": base.replace("%", "%%")}
+        if f.metadata.get("choices"):
+            kwargs["choices"] = f.metadata["choices"]
         if hint in (bool, bool | None):
             kwargs["action"] = argparse.BooleanOptionalAction
         elif f.name == "hidden_sizes":
@@ -114,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["type"] = int
         elif hint in (float, float | None):
             kwargs["type"] = float
-        parser.add_argument(flag, **kwargs)
+        parser.add_argument(flag(f.name), **kwargs)
     return parser
 
 
@@ -122,14 +84,10 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if v is not None and k not in ("config", "resume")}
 
 
-def config_from_args(argv: list[str] | None) -> TrainConfig:
-    return config_from_namespace(build_parser().parse_args(argv))
-
-
-def config_from_namespace(args: argparse.Namespace) -> TrainConfig:
+def config_from_namespace(args: argparse.Namespace, notes: list[str] | None = None) -> TrainConfig:
     settings: dict[str, Any] = load_config_file(args.config) if args.config else {}
     settings.update(_given(args))
-    cfg = resolve(settings)
+    cfg = resolve(settings, notes)
     if cfg.run_dir and (Path(cfg.run_dir) / CHECKPOINT_NAME).exists():
         raise ConfigError(f"--run-dir: {cfg.run_dir!r} already holds a run; continue it with "
                           f"--resume {shlex.quote(cfg.run_dir)} or choose another folder")
@@ -150,23 +108,12 @@ def resume_config(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]
         raise ConfigError(f"{flags.split(', ')[0]}: cannot be changed when resuming (got {flags}); with --resume "
                           f"only --total-steps (to extend the run) and --progress/--no-progress are allowed")
     settings = {**state["config"], **given, "run_dir": str(args.resume)}
-    try:
-        cfg = TrainConfig(**{**settings, "hidden_sizes": tuple(settings["hidden_sizes"])})
-    except (TypeError, KeyError) as exc:
-        raise ConfigError(f"--resume: the checkpoint's settings do not fit this fastrl version ({exc})") from None
+    cfg = config_from_checkpoint(settings, "--resume")
     reached = int(state["counters"]["env_step"])
     if cfg.total_steps < reached:
         raise ConfigError(f"--total-steps: the run is already at env step {reached}; give at least that "
                           f"(more extends the run)")
     return cfg, state
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device: cuda requested but torch sees no CUDA device; use --device cpu or auto")
-    return torch.device(name)
 
 
 def check_setup(cfg: TrainConfig) -> tuple[EnvSpec, torch.device]:
@@ -178,6 +125,9 @@ def check_setup(cfg: TrainConfig) -> tuple[EnvSpec, torch.device]:
                           f"(--device {cfg.device}); drop --cuda-graph or use --device cuda")
     spec = lookup_spec(cfg.env)
     validate_for_env(cfg, spec.discrete)
+    check_spec = ALGORITHMS[cfg.algo].check_spec
+    if check_spec is not None:
+        check_spec(cfg, spec)
     check_fits(cfg.buffer_size, cfg.num_envs,
                bytes_per_row(spec.obs_shape, spec.obs_dtype, spec.action_shape, spec.action_dtype), device)
     return spec, device
@@ -251,7 +201,7 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
 
     envs = TorchVecEnv(spec, cfg.num_envs, env_seed(cfg.seed, start.env_step), device)
     eval_envs = TorchVecEnv(spec, min(cfg.eval_episodes, 16), cfg.seed + 100_003, device)
-    agent = AGENT_BUILDERS[cfg.algo](spec, cfg, device, use_compile)
+    agent = build_agent(spec, cfg, device, use_compile)
     buffer = ReplayBuffer(cfg.buffer_size, cfg.num_envs, spec.obs_shape, spec.obs_dtype, spec.action_shape,
                           spec.action_dtype, device, seed=cfg.seed)
     obs = envs.reset()
@@ -269,8 +219,8 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
 
     action_low = torch.tensor(spec.action_low, device=device) if not spec.discrete else None
     action_high = torch.tensor(spec.action_high, device=device) if not spec.discrete else None
-    metric_sum = torch.zeros(3, device=device)  # loss, mean_q, grad_norm summed over the log window
-    window_updates, window_actions, window_episodes = 0, [], []
+    window = MetricWindow()  # every update's named metrics, summed on the device over the log window
+    window_actions, window_episodes = [], []
     eval_returns: list[float] = list(start.eval_returns)
     best_eval = start.best_eval
     env_step = start.env_step
@@ -296,13 +246,14 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
                 actions = agent.act(obs, env_step)
             envs.send(actions)  # envpool's threads step the envs while the learner trains below
 
-            if (env_step + cfg.num_envs >= learn_from and (vector_step + 1) % cfg.train_every == 0
-                    and len(buffer) > 0):
+            # (len(buffer) only binds after a resume without the buffer, which refills it first.)
+            if train_phase_due(vector_step, cfg.num_envs, cfg.train_every, learn_from) and len(buffer) > 0:
                 # One index draw for all k mini-batches of the phase.
                 for batch in buffer.sample_batches(cfg.updates_per_train, cfg.batch_size):
                     metrics = agent.update(batch)
-                    metric_sum += torch.stack((metrics["loss"], metrics["mean_q"], metrics["grad_norm"]))
-                window_updates += cfg.updates_per_train
+                    if batch.indices is not None:  # prioritized replay: the samples' new priorities
+                        buffer.update_priorities(batch.indices, metrics.pop("td_abs"))
+                    window.add(metrics)
 
             step = envs.recv()
             buffer.add(obs, actions, step.reward, step.terminated, valid=~step.is_reset_step)
@@ -325,7 +276,7 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
             if done or evaluation is not None or save_now or stop.requested or \
                     env_step - last_log_step >= cfg.log_every:
                 elapsed = time.perf_counter() - t_loop
-                sums = (metric_sum / max(window_updates, 1)).tolist()  # the one host sync per window
+                means = window.means()  # the one host sync per window
                 returns = [r for _, r, _ in window_episodes]
                 row = {
                     "env_step": env_step, "wall_s": start.wall_s + time.perf_counter() - t_start,
@@ -333,9 +284,7 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
                     "updates": agent.updates_done, "episodes": len(window_episodes),
                     "episodic_return": float(np.mean(returns)) if returns else math.nan,
                     "episodic_length": float(np.mean([n for _, _, n in window_episodes])) if returns else math.nan,
-                    "loss": sums[0] if window_updates else math.nan,
-                    "mean_q": sums[1] if window_updates else math.nan,
-                    "grad_norm": sums[2] if window_updates else math.nan,
+                    **means,
                     "lr": agent.current_lr(),
                     "action_entropy": played_action_entropy(torch.stack(window_actions), spec.discrete,
                                                             spec.num_actions, action_low, action_high),
@@ -344,12 +293,10 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
                     **agent.exploration(env_step),
                 }
                 log.write(row)
-                if window_updates:  # a NaN in any update of the window makes its mean NaN
-                    check_metrics({"loss": sums[0], "grad_norm": sums[2], "mean_q": sums[1]},
-                                  env_step, agent.updates_done)
+                check_metrics(means, env_step, agent.updates_done)  # a NaN in any update makes its mean NaN
                 progress.update(env_step - start.env_step, row)
-                metric_sum.zero_()
-                window_updates, window_actions, window_episodes = 0, [], []
+                window.reset()
+                window_actions, window_episodes = [], []
                 last_log_step = env_step
             elif vector_step % 64 == 0:
                 progress.update(env_step - start.env_step, None)
@@ -437,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     try:
         args = build_parser().parse_args(argv)
-        cfg, resume = resume_config(args) if args.resume else (config_from_namespace(args), None)
+        notes: list[str] = []  # defaults fitted to the run's length
+        cfg, resume = resume_config(args) if args.resume else (config_from_namespace(args, notes), None)
         spec, device = check_setup(cfg)
     except ConfigError as exc:
         print(f"python -m fastrl.train: error: {exc}", file=sys.stderr)
@@ -449,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nothing to do: {cfg.run_dir} already reached env step {resume['counters']['env_step']} of "
               f"--total-steps {cfg.total_steps}; add --total-steps N to extend it", file=sys.stderr)
         return 0
+    if notes:
+        print(f"fastrl: defaults fitted to this run's length: {'; '.join(notes)}", file=sys.stderr)
     try:
         with stop_on_signals() as stop:
             summary = train(cfg, spec, device, t_start, stop=stop, resume=resume)

@@ -32,7 +32,8 @@ from fastrl.config import resolve
 from fastrl.dqn import DQN
 from fastrl.envs import TorchVecEnv
 from fastrl.td3 import TD3
-from fastrl.train import AGENT_BUILDERS, check_setup, train
+from fastrl.registry import ALGORITHMS, build_agent
+from fastrl.train import check_setup, train
 
 PEER_SETTINGS = dict(env="Pendulum-v1", num_envs=1, batch_size=256, hidden_sizes=(256, 256), train_every=1,
                      updates_per_train=1, lr=3e-4, tau=0.005, target_update="soft", eval_every=0,
@@ -104,7 +105,7 @@ def warm_us(fn: Callable[[], Any], calls: int = 300) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--algo", default="td3", choices=sorted(AGENT_BUILDERS))
+    p.add_argument("--algo", default="td3", choices=sorted(ALGORITHMS))
     p.add_argument("--steps", type=int, default=8_000)
     p.add_argument("--learning-starts", type=int, default=3_000)
     p.add_argument("--threads", type=int, default=2)
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'timed total':<14} {'':>7} {'':>12} {step_us:>19.1f}  (the rest of the loop is untimed Python)")
 
     # The same calls back to back, warm (a fresh agent and buffer, same shapes).
-    agent = AGENT_BUILDERS[cfg.algo](spec, cfg, device, False)
+    agent = build_agent(spec, cfg, device, False)
     buffer = ReplayBuffer(4 * cfg.batch_size, cfg.num_envs, spec.obs_shape, spec.obs_dtype, spec.action_shape,
                           spec.action_dtype, device, seed=0)
     envs = TorchVecEnv(spec, cfg.num_envs, cfg.seed, device)

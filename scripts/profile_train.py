@@ -32,7 +32,8 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from fastrl.buffer import ReplayBuffer
 from fastrl.config import resolve
 from fastrl.envs import TorchVecEnv
-from fastrl.train import AGENT_BUILDERS, check_setup
+from fastrl.registry import ALGORITHMS, build_agent
+from fastrl.train import check_setup
 
 DEFAULT_ENV = {"dqn": "CartPole-v1", "ddpg": "Pendulum-v1", "td3": "Pendulum-v1"}
 RANGES = ("rollout", "act", "env send", "env recv", "env recv after train", "buffer add", "train phase", "sample", "update", "target update")
@@ -69,7 +70,7 @@ class RangedTargets:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder for the Chrome trace and top_ops.txt")
-    p.add_argument("--algo", default="dqn", choices=sorted(AGENT_BUILDERS))
+    p.add_argument("--algo", default="dqn", choices=sorted(ALGORITHMS))
     p.add_argument("--env", help="environment id (default: CartPole-v1 for DQN, Pendulum-v1 otherwise)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(cfg.seed)
 
     envs = TorchVecEnv(spec, cfg.num_envs, cfg.seed, device)
-    agent = AGENT_BUILDERS[cfg.algo](spec, cfg, device, use_compile)
+    agent = build_agent(spec, cfg, device, use_compile)
     agent.targets = RangedTargets(agent.targets, cuda)
     buffer = ReplayBuffer(cfg.buffer_size, cfg.num_envs, spec.obs_shape, spec.obs_dtype, spec.action_shape,
                           spec.action_dtype, device, seed=cfg.seed)

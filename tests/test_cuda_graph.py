@@ -11,7 +11,8 @@ from fastrl.config import ConfigError, resolve
 from fastrl.cuda_graph import GraphedUpdate
 from fastrl.envs import lookup_spec
 from fastrl.fused_adam import FusedAdam
-from fastrl.train import AGENT_BUILDERS, check_setup
+from fastrl.registry import build_agent
+from fastrl.train import check_setup
 
 
 def _adam_pair(lr: float) -> tuple[FusedAdam, FusedAdam, list[torch.Tensor]]:
@@ -66,8 +67,8 @@ def _agents(algo: str, env_id: str, device: torch.device, **settings):
     cfg = resolve({"algo": algo, "env": env_id, "device": "cuda", "hidden_sizes": (64, 64), "batch_size": 64,
                    "lr_schedule": "linear", "total_steps": 2_000, "learning_starts": 0, **settings})
     torch.manual_seed(0)
-    eager = AGENT_BUILDERS[algo](spec, cfg, device, False)
-    graphed = AGENT_BUILDERS[algo](spec, resolve({**cfg.to_json(), "cuda_graph": True}), device, False)
+    eager = build_agent(spec, cfg, device, False)
+    graphed = build_agent(spec, resolve({**cfg.to_json(), "cuda_graph": True}), device, False)
     graphed.load_state_dict(copy.deepcopy(eager.state_dict()))
     return spec, eager, graphed
 

@@ -6,11 +6,9 @@ import torch
 from benchmarks.common import random_batch
 from fastrl.buffer import Batch
 from fastrl.config import resolve
-from torch import nn
-
-from fastrl.dqn import build_dqn, make_mlp_update, make_update, td_target
+from fastrl.dqn import build_dqn, make_autograd_update, make_manual_update, q_loss, td_target
 from fastrl.envs import lookup_spec
-from fastrl.fused_adam import FusedAdam, flatten_parameters_, preallocate_grads
+from fastrl.fused_adam import FusedAdam, flatten_parameters_
 from fastrl.stacked_mlp import StackedMLP
 from fastrl.train import check_setup, train
 
@@ -39,17 +37,6 @@ def _batch(n=64, seed=0):
                  (torch.rand(n, generator=g) < 0.1).float())
 
 
-class _Flat(nn.Module):
-    """A one-member StackedMLP seen as an ordinary [B, A] Q-net, for the autograd update."""
-
-    def __init__(self, net: StackedMLP):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)[0]
-
-
 def _learner(seed=0):
     torch.manual_seed(seed)
     q = StackedMLP(1, 4, (32, 32), 2)
@@ -58,26 +45,66 @@ def _learner(seed=0):
     return q, q_target, FusedAdam([flat], lr=1e-3, grads=[flat_grad])
 
 
-@pytest.mark.parametrize("loss,double,clip", [("huber", True, 10.0), ("huber", False, 0.05), ("mse", False, 0.0)])
-def test_hand_written_update_equals_autograd(loss, double, clip):
-    """The MLP update with its backward written out against the same step through autograd:
-    losses, grad norms and the weights after several Adam steps agree."""
+def _member0(net):
+    return lambda x: net(x.flatten(1))[0]
+
+
+def _replay_extras(n, seed, weighted):
+    """n-step discounts (γ^m, m in 1..3) and importance weights, as a prioritized n-step batch has."""
+    if not weighted:
+        return None, None
+    g = torch.Generator().manual_seed(100 + seed)
+    return 0.99 ** torch.randint(1, 4, (n,), generator=g).float(), torch.rand(n, generator=g) + 0.1
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("loss,double,clip", [("huber", True, 10.0), ("huber", False, 0.05), ("mse", False, 0.05),
+                                              ("mse", True, 0.0)])
+def test_manual_gradients_equal_autograd_of_the_same_loss(loss, double, clip, weighted):
+    """The hand-written backward against autograd of `q_loss`, step by step from the same weights:
+    the gradient itself (after clipping: with a binding clip its direction; its scale through the
+    returned pre-clip norm), the norm, the loss, and the weights after each Adam step. Comparing
+    weights alone would not do: Adam's first steps are about lr·sign(g), whatever g's scale."""
     q1, t1, o1 = _learner()
     q2, t2 = copy.deepcopy(q1), copy.deepcopy(t1)
-    preallocate_grads(q2)
-    o2 = FusedAdam(list(q2.parameters()), lr=1e-3)
-    manual = make_mlp_update(q1, t1, o1, 0.99, double, loss, clip)
-    autograd = make_update(_Flat(q2), _Flat(t2), o2, 0.99, double, loss, clip)
-    for step in range(4):
+    flat2, grad2 = flatten_parameters_(q2)
+    o2 = FusedAdam([flat2], lr=1e-3, grads=[grad2])
+    manual = make_manual_update(q1, t1, o1, 0.99, double, loss, clip)
+    autograd = make_autograd_update(_member0(q2), _member0(t2), list(q2.parameters()), grad2, o2, 0.99, double, loss,
+                                    clip)
+    for step in range(5):
         b = _batch(seed=step)
         actions = b.actions.float()  # as the buffer delivers them
-        out_m = manual(b.obs, actions, b.rewards, b.next_obs, b.terminated)
-        out_a = autograd(b.obs, actions, b.rewards, b.next_obs, b.terminated)
-        for m, a in zip(out_m, out_a):
+        discount, weights = _replay_extras(64, step, weighted)
+        out_m = manual(b.obs, actions, b.rewards, b.next_obs, b.terminated, discount, weights)
+        out_a = autograd(b.obs, actions, b.rewards, b.next_obs, b.terminated, discount, weights)
+        assert out_m.keys() == out_a.keys() == {"loss", "mean_q", "grad_norm"} | ({"td_abs"} if weighted else set())
+        for name in out_m:
+            torch.testing.assert_close(out_m[name], out_a[name], rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(o1.grads[0], o2.grads[0], rtol=1e-5, atol=1e-7)
+        if clip:
+            assert out_m["grad_norm"] > clip or clip == 10.0  # the small clip binds: the test covers clipping
+        for m, a in zip(q1.parameters(), q2.parameters()):
             torch.testing.assert_close(m, a, rtol=1e-5, atol=1e-6)
-    for m, a in zip(q1.parameters(), q2.parameters()):
-        torch.testing.assert_close(m, a, rtol=1e-5, atol=1e-6)
     assert not torch.equal(q1.weights[0], t1.weights[0])  # the steps did move the net
+
+
+def test_autograd_path_gradient_is_the_loss_gradient():
+    """`grads_into_` writes d q_loss / dθ in the flat layout: against a plain backward."""
+    q, t, o = _learner()
+    reference = copy.deepcopy(q)
+    for p in reference.parameters():
+        p.grad = None
+    update = make_autograd_update(_member0(q), _member0(t), list(q.parameters()), o.grads[0], o, 0.99, True, "huber",
+                                  0.0)
+    b = _batch(seed=3)
+    loss, _ = q_loss(_member0(reference), _member0(t), b.obs, b.actions.float(), b.rewards, b.next_obs, b.terminated,
+                     0.99, True, "huber")
+    loss.backward()
+    expected = torch.cat([p.grad.reshape(-1) for p in reference.parameters()])
+    out = update(b.obs, b.actions.float(), b.rewards, b.next_obs, b.terminated)
+    torch.testing.assert_close(o.grads[0], expected)
+    torch.testing.assert_close(out["grad_norm"], expected.norm())
 
 
 def test_flat_parameters_are_the_module_parameters():
@@ -117,16 +144,14 @@ def test_built_agent_compiles_cold_and_matches_eager(cold_compile):
 
 def test_compiled_update_equals_eager():
     q1, t1, o1 = _learner()
-    q2, t2 = copy.deepcopy(q1), copy.deepcopy(t1)
-    preallocate_grads(q2)
-    o2 = FusedAdam(list(q2.parameters()), lr=1e-3)
-    eager = make_mlp_update(q1, t1, o1, 0.99, True, "huber", 10.0)
-    compiled = torch.compile(make_mlp_update(q2, t2, o2, 0.99, True, "huber", 10.0))
+    q2, t2, o2 = _learner()
+    eager = make_manual_update(q1, t1, o1, 0.99, True, "huber", 10.0)
+    compiled = torch.compile(make_manual_update(q2, t2, o2, 0.99, True, "huber", 10.0))
     for step in range(3):
         b = _batch(seed=step)
         out_e = eager(b.obs, b.actions.float(), b.rewards, b.next_obs, b.terminated)
         out_c = compiled(b.obs, b.actions.float(), b.rewards, b.next_obs, b.terminated)
-        for a, c in zip(out_e, out_c):
+        for a, c in zip(out_e.values(), out_c.values()):
             torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)
     for a, c in zip(q1.parameters(), q2.parameters()):
         torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)
@@ -134,11 +159,11 @@ def test_compiled_update_equals_eager():
 
 def test_update_moves_q_towards_the_target():
     q, t, o = _learner()
-    update = make_mlp_update(q, t, o, 0.0, False, "mse", 0.0)  # gamma 0: target = reward
+    update = make_manual_update(q, t, o, 0.0, False, "mse", 0.0)  # gamma 0: target = reward
     b = _batch(256)
-    first = update(b.obs, b.actions.float(), b.rewards, b.next_obs, b.terminated)[0].item()
+    first = update(b.obs, b.actions.float(), b.rewards, b.next_obs, b.terminated)["loss"].item()
     for _ in range(200):
-        last = update(b.obs, b.actions.float(), b.rewards, b.next_obs, b.terminated)[0].item()
+        last = update(b.obs, b.actions.float(), b.rewards, b.next_obs, b.terminated)["loss"].item()
     assert last < 0.2 * first
 
 
@@ -186,15 +211,16 @@ def test_breakout_runs_end_to_end_with_one_observation_per_transition(tmp_path):
 
 
 def test_cnn_autograd_update_steps_like_torch_adam():
-    """The image path: backward accumulates into the preallocated grads that FusedAdam steps (a
-    replaced .grad would leave Adam stepping zeros). Same weights as torch.optim.Adam after 3 steps."""
+    """The image path: autograd's gradient lands in the flat gradient that FusedAdam steps (one
+    left elsewhere would leave Adam stepping zeros). Same weights as torch.optim.Adam after 3 steps."""
     from fastrl.networks import NatureCNN
 
     torch.manual_seed(0)
     q1 = NatureCNN((4, 36, 36), (32,), 3)
     q2, target = copy.deepcopy(q1), copy.deepcopy(q1).requires_grad_(False)
-    preallocate_grads(q1)
-    update = make_update(q1, target, FusedAdam(list(q1.parameters()), lr=1e-3), 0.99, True, "huber", 10.0)
+    flat, flat_grad = flatten_parameters_(q1)
+    update = make_autograd_update(q1, target, list(q1.parameters()), flat_grad,
+                                  FusedAdam([flat], lr=1e-3, grads=[flat_grad]), 0.99, True, "huber", 10.0)
     reference = torch.optim.Adam(q2.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(1)
     for _ in range(3):

@@ -58,3 +58,36 @@ def test_help_explains_robbins_monro():
     text = " ".join(out.stdout.split())
     assert "sum of steps diverges" in text and "sum of their squares converges" in text
     assert "CartPole-v1" in text  # presets are shown
+
+
+@pytest.mark.parametrize("settings", [
+    {},  # the default CartPole preset's shape: 64 updates every 32 vector steps of 8 envs
+    {"num_envs": 3, "train_every": 5, "updates_per_train": 2, "learning_starts": 7},
+    {"num_envs": 1, "train_every": 1, "updates_per_train": 1, "learning_starts": 0},
+])
+def test_the_lr_each_update_receives_follows_the_linear_schedule_to_its_end(settings, tmp_path, monkeypatch):
+    """The loop and the schedule count updates with one predicate: the planned total is the number
+    of updates made, and the last update runs at the schedule's last, non-zero step."""
+    from fastrl.dqn import DQN
+    from fastrl.schedules import planned_updates
+
+    lrs = []
+    real_update = DQN.update
+
+    def recording_update(self, batch):
+        out = real_update(self, batch)
+        lrs.append(self.optimizer.lr)
+        return out
+
+    monkeypatch.setattr(DQN, "update", recording_update)
+    cfg = resolve({"total_steps": 1500, "hidden_sizes": (8,), "batch_size": 8, "eval_episodes": 1,
+                   "lr_schedule": "linear", "lr": 1e-3, "device": "cpu", "progress": False,
+                   "run_dir": str(tmp_path / "run"), **settings})
+    from fastrl.train import check_setup, train
+
+    spec, device = check_setup(cfg)
+    train(cfg, spec, device, 0.0)
+    total = planned_updates(cfg)
+    assert len(lrs) == total
+    assert lrs == pytest.approx([1e-3 * (1 - k / total) for k in range(total)], rel=1e-9, abs=1e-15)
+    assert lrs[-1] > 0

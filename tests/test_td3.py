@@ -197,7 +197,8 @@ def _batch(spec, n=64, seed=0):
 
 
 def _reference_update(agent, batch, normal, update_actor, gamma):
-    """TD3/DDPG written the plain way, with autograd, on deep copies of the agent's networks."""
+    """TD3/DDPG written the plain way, with autograd, on deep copies of the agent's networks; returns
+    the loss, the nets after one torch.optim.Adam step, and their gradients (flat, in order)."""
     actor, critic = copy.deepcopy(agent.actor), copy.deepcopy(agent.critic)
     actor_t, critic_t = agent.actor_target, agent.critic_target
     c_opt = torch.optim.Adam(critic.parameters(), lr=1e-3)
@@ -213,33 +214,78 @@ def _reference_update(agent, batch, normal, update_actor, gamma):
     loss = sum(((q[e] - y) ** 2).mean() for e in range(q.shape[0]))
     c_opt.zero_grad()
     loss.backward()
+    critic_grad = torch.cat([p.grad.reshape(-1) for p in critic.parameters()])
     c_opt.step()
+    actor_grad = None
     if update_actor:
         a_loss = -critic(critic_input(obs, actor(obs)))[0, :, 0].mean()
         a_opt.zero_grad()
         a_loss.backward()
+        actor_grad = torch.cat([p.grad.reshape(-1) for p in actor.parameters()])
         a_opt.step()
-    return loss.detach(), actor, critic
+    return loss.detach(), actor, critic, critic_grad, actor_grad
 
 
+@pytest.mark.parametrize("gradients", ["manual", "autograd"])
 @pytest.mark.parametrize("algo", ["td3", "ddpg"])
 @pytest.mark.parametrize("update_actor", [True, False])
-def test_update_equals_autograd_reference(algo, update_actor):
+def test_update_equals_plain_autograd_reference(algo, update_actor, gradients):
+    """Both update paths against TD3/DDPG written plainly: the loss, the gradients themselves, and
+    the weights after the Adam step."""
     spec = _spec(obs_dim=5, low=(-1.0, 0.0), high=(1.0, 3.0))
-    cfg = TrainConfig(algo=algo, hidden_sizes=(32, 32), lr=1e-3, max_grad_norm=0.0, gamma=0.9)
+    cfg = TrainConfig(algo=algo, hidden_sizes=(32, 32), lr=1e-3, max_grad_norm=0.0, gamma=0.9, gradients=gradients)
     torch.manual_seed(3)
     agent = (build_td3 if algo == "td3" else build_ddpg)(spec, cfg, torch.device("cpu"), False)
     batch = _batch(spec)
     normal = torch.randn(64, 2) if algo == "td3" else None
-    ref_loss, ref_actor, ref_critic = _reference_update(agent, batch, normal, update_actor, cfg.gamma)
-    loss, _, _ = agent.update_fn(*batch, normal, update_actor)
-    torch.testing.assert_close(loss, ref_loss)
+    ref_loss, ref_actor, ref_critic, ref_critic_grad, ref_actor_grad = _reference_update(
+        agent, batch, normal, update_actor, cfg.gamma)
+    out = agent.update_fn(*batch, normal, update_actor)
+    torch.testing.assert_close(out["loss"], ref_loss)
+    torch.testing.assert_close(agent.critic_opt.grads[0], ref_critic_grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(out["grad_norm"], ref_critic_grad.norm())
+    if update_actor:
+        torch.testing.assert_close(agent.actor_opt.grads[0], ref_actor_grad, rtol=1e-5, atol=1e-7)
     for mine, ref in zip(agent.critic.parameters(), ref_critic.parameters()):
         torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-6)
     for mine, ref in zip(agent.actor.parameters(), ref_actor.parameters()):
         torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-6)
-    moved = any(not torch.equal(a, b) for a, b in zip(agent.actor.parameters(), agent.actor_target.parameters()))
-    assert moved == update_actor
+    assert ("actor_loss" in out) == update_actor
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("algo", ["td3", "ddpg"])
+def test_manual_gradients_equal_autograd_over_several_clipped_steps(algo, weighted):
+    """The hand-written backward against autograd of the same losses, in lockstep from the same
+    weights, with a clip that binds: every step's gradients (critic and actor), pre-clip norms,
+    losses and weights agree."""
+    spec = _spec(obs_dim=5, low=(-1.0, 0.0), high=(1.0, 3.0))
+    agents = []
+    for gradients in ("manual", "autograd"):
+        cfg = TrainConfig(algo=algo, hidden_sizes=(32, 32), lr=1e-3, max_grad_norm=0.1, gamma=0.9,
+                          policy_delay=2 if algo == "td3" else 1, gradients=gradients)
+        torch.manual_seed(3)
+        agents.append((build_td3 if algo == "td3" else build_ddpg)(spec, cfg, torch.device("cpu"), False))
+    manual, autograd = agents
+    for step in range(6):
+        batch = _batch(spec, seed=step)
+        normal = torch.randn(64, 2) if algo == "td3" else None
+        update_actor = algo == "ddpg" or step % 2 == 1
+        g = torch.Generator().manual_seed(100 + step)  # n-step discounts and importance weights
+        extras = (0.9 ** torch.randint(1, 4, (64,), generator=g).float(), torch.rand(64, generator=g) + 0.1) \
+            if weighted else (None, None)
+        out_m = manual.update_fn(*batch, normal, update_actor, *extras)
+        out_a = autograd.update_fn(*batch, normal, update_actor, *extras)
+        assert out_m.keys() == out_a.keys() and ("td_abs" in out_m) == weighted
+        for name in out_m:
+            torch.testing.assert_close(out_m[name], out_a[name], rtol=1e-5, atol=1e-6, msg=name)
+        assert out_m["grad_norm"] > 0.1  # the clip binds
+        torch.testing.assert_close(manual.critic_opt.grads[0], autograd.critic_opt.grads[0], rtol=1e-5, atol=1e-7)
+        if update_actor:
+            torch.testing.assert_close(manual.actor_opt.grads[0], autograd.actor_opt.grads[0], rtol=1e-5, atol=1e-7)
+        for m, a in zip(list(manual.actor.parameters()) + list(manual.critic.parameters()),
+                        list(autograd.actor.parameters()) + list(autograd.critic.parameters())):
+            torch.testing.assert_close(m, a, rtol=1e-5, atol=1e-6)
 
 
 def test_compiled_update_equals_eager(cold_compile):
@@ -255,7 +301,9 @@ def test_compiled_update_equals_eager(cold_compile):
     for step in range(4):
         batch = _batch(spec, seed=step)
         normal = torch.randn(64, 1)
-        for a, c in zip(eager.update_fn(*batch, normal, step % 2 == 1), compiled.update_fn(*batch, normal, step % 2 == 1)):
+        out_e = eager.update_fn(*batch, normal, step % 2 == 1)
+        out_c = compiled.update_fn(*batch, normal, step % 2 == 1)
+        for a, c in zip(out_e.values(), out_c.values(), strict=True):
             torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
     for a, c in zip(list(eager.actor.parameters()) + list(eager.critic.parameters()),
                     list(compiled.actor.parameters()) + list(compiled.critic.parameters())):
@@ -267,13 +315,26 @@ def test_compiled_update_equals_eager(cold_compile):
 
 
 def test_policy_delay_updates_actor_and_targets_every_d_critic_updates():
+    """With policy delay 3, the critic moves on every update; the actor and all targets move on
+    updates 3 and 6 only, and stay exactly as they were on the others."""
+    from fastrl.buffer import Batch
+
     spec = _spec()
     cfg = TrainConfig(algo="td3", hidden_sizes=(16,), policy_delay=3, batch_size=32)
     agent = build_td3(spec, cfg, torch.device("cpu"), False)
-    from fastrl.buffer import Batch
 
-    for _ in range(7):
-        agent.update(Batch(*_batch(spec, 32)))
+    def snapshot():
+        return {name: torch.cat([p.detach().reshape(-1).clone() for p in getattr(agent, name).parameters()])
+                for name in ("actor", "critic", "actor_target", "critic_target")}
+
+    for update in range(1, 8):
+        before = snapshot()
+        agent.update(Batch(*_batch(spec, 32, seed=update)))
+        after = snapshot()
+        actor_step = update % 3 == 0
+        assert not torch.equal(before["critic"], after["critic"]), update
+        for name in ("actor", "actor_target", "critic_target"):
+            assert torch.equal(before[name], after[name]) != actor_step, (update, name)
     assert agent.updates_done == 7 and agent.actor_updates == 2
 
 

@@ -62,7 +62,7 @@ def parse_settings(items: list[str]) -> dict[str, Any]:
 
 def grid_from_args(args: argparse.Namespace) -> tuple[Grid, list[str]]:
     """The grid to run, and the tasks left out (with why)."""
-    from fastrl.train import AGENT_BUILDERS
+    from fastrl.registry import ALGORITHMS
 
     grid = QUICK if args.quick else FULL
     extra = tuple(parse_settings(args.set).items())
@@ -70,8 +70,8 @@ def grid_from_args(args: argparse.Namespace) -> tuple[Grid, list[str]]:
     for task in grid.tasks:
         if args.algos and task.algo not in args.algos:
             continue
-        if task.algo not in AGENT_BUILDERS:
-            skipped.append(f"{task.name}: {task.algo} is not in fastrl.train.AGENT_BUILDERS yet")
+        if task.algo not in ALGORITHMS:
+            skipped.append(f"{task.name}: {task.algo} is not in fastrl.registry yet")
             continue
         task = dataclasses.replace(task, overrides=task.overrides + extra)
         if args.total_steps:
