@@ -2,12 +2,19 @@
 "Algorithms and Applications" paper): a squashed-Gaussian actor, twin critics, no actor target.
 
 The math is pure functions (the squashed Gaussian's sample and log-density, the soft Bellman target,
-the three losses). `make_update` returns one function: the critic step on every call and, when the
-host's counter says it is due, the actor and temperature steps; gradients by autograd
-(`fastrl.learner.grads_into_`) into each net's flat gradient, clip and fused Adam. It holds no Python
-branch on tensor values: `update_actor` is a host bool and fixed-vs-tuned α a build-time switch;
-the Gaussian noise comes in as arguments, drawn from the agent's generator outside the function, so
-a CUDA graph can replay it.
+the three losses). Two builders make the update, one function each: the critic step on every call
+and, when the host's counter says it is due, the actor and temperature steps, then clip and fused
+Adam per net:
+- `make_autograd_update`: gradients by autograd (`fastrl.learner.grads_into_`) into each net's
+  flat gradient, through a feature-major forward (`autograd_forward`) whose gradients come out
+  contiguous;
+- `make_manual_update`: the same losses with the ReLU MLPs' backward written out (`stacked_mlp`):
+  the actor's needs only dQ/da from the critics, and the squashed Gaussian's own gradient is
+  `squashed_gaussian_grads`. Tests hold it to the autograd update; `--gradients auto` picks it on
+  CPU, where it is the faster path.
+Neither holds a Python branch on tensor values: `update_actor` is a host bool and fixed-vs-tuned α
+a build-time switch; the Gaussian noise comes in as arguments, drawn from the agent's generator
+outside the function, so a CUDA graph can replay it.
 
 Order within an update (as CleanRL's `sac_continuous_action.py`): the critic step with the current
 α, then the actor step through the freshly stepped critic (the actor climbs min(Q₁, Q₂) minus
@@ -34,15 +41,16 @@ from torch import nn
 from fastrl.algorithm import Algorithm
 from fastrl.buffer import Batch
 from fastrl.cuda_graph import GraphedUpdate
-from fastrl.dqn import total_updates
 from fastrl.envs import EnvSpec
 from fastrl.fused_adam import FusedAdam, flatten_parameters_, rebuildable_views
 from fastrl.learner import clip_and_step, grads_into_
-from fastrl.schedules import learning_rate
+from fastrl.schedules import learning_rate, planned_updates
 from fastrl.settings import ConfigError, optional, positive, setting
 from fastrl.stacked_mlp import StackedMLP, backward
 from fastrl.targets import TargetUpdater, make_target_updater
-from fastrl.td3 import box_fraction, critic_input, critic_loss, td_target, to_box
+from fastrl.td3 import (
+    box_fraction, critic_input, critic_loss, manual_critic_step, td_abs, td_target, to_box, uses_manual_gradients,
+)
 
 if TYPE_CHECKING:
     from fastrl.config import TrainConfig
@@ -97,7 +105,8 @@ def log_one_minus_tanh_sq(pre: torch.Tensor) -> torch.Tensor:
     return 2.0 * (math.log(2.0) - pre - F.softplus(-2.0 * pre))
 
 
-def squashed_sample(mean: torch.Tensor, log_std: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def squashed_sample(mean: torch.Tensor, log_std: torch.Tensor,
+                    noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The pre-tanh sample u = μ + σ·ε and the unit action tanh(u) in [−1, 1]."""
     pre = torch.addcmul(mean, log_std.exp(), noise)
     return pre, torch.tanh(pre)
@@ -113,9 +122,11 @@ def squashed_log_prob(noise: torch.Tensor, log_std: torch.Tensor, pre: torch.Ten
 
 
 def soft_td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tensor,
-                   next_log_prob: torch.Tensor, alpha: torch.Tensor | float, gamma: float) -> torch.Tensor:
-    """y = r + γ(1 − terminated)(min_e Q⁻_e(s', a') − α log π(a'|s')), a' ~ π(·|s'); next_q is [E, B].
-    (The entropy term is the same for every critic, so it may go inside the min.)"""
+                   next_log_prob: torch.Tensor, alpha: torch.Tensor | float,
+                   gamma: float | torch.Tensor) -> torch.Tensor:
+    """y = r + γ(1 − terminated)(min_e Q⁻_e(s', a') − α log π(a'|s')), a' ~ π(·|s'); next_q is [E, B];
+    `gamma` may be γ^m per sample (n-step returns). (The entropy term is the same for every critic,
+    so it may go inside the min.)"""
     return td_target(rewards, terminated, next_q - alpha * next_log_prob, gamma)
 
 
@@ -224,7 +235,8 @@ class Temperature:
 
 
 def _soft_target(actor: GaussianActor, critic_target: StackedMLP, rewards: torch.Tensor, terminated: torch.Tensor,
-                 next_obs: torch.Tensor, next_noise: torch.Tensor, alpha: torch.Tensor, gamma: float) -> torch.Tensor:
+                 next_obs: torch.Tensor, next_noise: torch.Tensor, alpha: torch.Tensor,
+                 gamma: float | torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         next_actions, next_log_prob = actor.sample(next_obs, next_noise)
         next_q = critic_target(critic_input(next_obs, next_actions))[..., 0]
@@ -257,23 +269,26 @@ def _temperature_step(temperature: Temperature, log_prob: torch.Tensor, metrics:
     metrics["alpha_loss"] = alpha_loss.detach()
 
 
-def make_update(actor: GaussianActor, critic: StackedMLP, critic_target: StackedMLP, critic_opt: FusedAdam,
+def make_autograd_update(actor: GaussianActor, critic: StackedMLP, critic_target: StackedMLP, critic_opt: FusedAdam,
                 actor_opt: FusedAdam, temperature: Temperature, gamma: float, max_grad_norm: float) -> UpdateFn:
     """The update with every gradient by autograd (`grads_into_`)."""
     critic_params, actor_params = list(critic.parameters()), list(actor.parameters())
     critic_grad, actor_grad = critic_opt.grads[0], actor_opt.grads[0]  # the flat gradients
 
     def update(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
-               terminated: torch.Tensor, next_noise: torch.Tensor, noise: torch.Tensor | None,
-               update_actor: bool) -> dict[str, torch.Tensor]:
+               terminated: torch.Tensor, next_noise: torch.Tensor, noise: torch.Tensor | None, update_actor: bool,
+               discount: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         alpha = temperature.value()  # the α from before this update, for all of its steps
         # Critic: regress both critics on the soft clipped-double-Q target.
-        target = _soft_target(actor, critic_target, rewards, terminated, next_obs, next_noise, alpha, gamma)
+        target = _soft_target(actor, critic_target, rewards, terminated, next_obs, next_noise, alpha,
+                              gamma if discount is None else discount)
         q = autograd_forward(critic, critic_input(obs, actions))[..., 0]  # both critics, one batched forward
-        loss = critic_loss(q, target)
+        loss = critic_loss(q, target, weights)
         grads_into_(loss, critic_params, critic_grad)
-        grad_norm = clip_and_step(critic_opt, max_grad_norm)
-        metrics = {"loss": loss.detach(), "mean_q": q.detach().mean(), "grad_norm": grad_norm}
+        metrics = {"loss": loss.detach(), "mean_q": q.detach().mean(),
+                   "grad_norm": clip_and_step(critic_opt, max_grad_norm)}
+        if weights is not None:  # prioritized replay: each sample's new priority
+            metrics["td_abs"] = td_abs(q.detach(), target)
 
         if update_actor:  # decided by the host's update counter, never by a tensor
             # Actor: through the stepped critic; only d min Q / da flows back, the critic's
@@ -291,9 +306,9 @@ def make_update(actor: GaussianActor, critic: StackedMLP, critic_target: Stacked
     return update
 
 
-def make_mlp_update(actor: GaussianActor, critic: StackedMLP, critic_target: StackedMLP, critic_opt: FusedAdam,
+def make_manual_update(actor: GaussianActor, critic: StackedMLP, critic_target: StackedMLP, critic_opt: FusedAdam,
                     actor_opt: FusedAdam, temperature: Temperature, gamma: float, max_grad_norm: float) -> UpdateFn:
-    """`make_update` with the backward passes written out for the ReLU MLPs (`stacked_mlp.backward`):
+    """`make_autograd_update` with the backward passes written out for the ReLU MLPs (`stacked_mlp.backward`):
     the same losses, tested against it. The actor's gradient takes only dQ/da from the critics and
     goes through the squashed Gaussian by `squashed_gaussian_grads`."""
     critic_w_grads, critic_b_grads = _grad_views(critic)
@@ -305,18 +320,14 @@ def make_mlp_update(actor: GaussianActor, critic: StackedMLP, critic_target: Sta
 
     @torch.no_grad()
     def update(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
-               terminated: torch.Tensor, next_noise: torch.Tensor, noise: torch.Tensor | None,
-               update_actor: bool) -> dict[str, torch.Tensor]:
+               terminated: torch.Tensor, next_noise: torch.Tensor, noise: torch.Tensor | None, update_actor: bool,
+               discount: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         batch = rewards.shape[0]
         alpha = temperature.value()
-        target = _soft_target(actor, critic_target, rewards, terminated, next_obs, next_noise, alpha, gamma)
-        q_out, trace = critic.forward_traced(critic_input(obs, actions))
-        q = q_out[..., 0]
-        loss = critic_loss(q, target)
-        backward(critic_weights, trace, ((2.0 / batch) * (q - target)).unsqueeze(-1), critic_w_grads(),
-                 critic_b_grads())
-        grad_norm = clip_and_step(critic_opt, max_grad_norm)
-        metrics = {"loss": loss, "mean_q": q.mean(), "grad_norm": grad_norm}
+        target = _soft_target(actor, critic_target, rewards, terminated, next_obs, next_noise, alpha,
+                              gamma if discount is None else discount)
+        metrics = manual_critic_step(critic, critic_opt, critic_w_grads(), critic_b_grads(), obs, actions, target,
+                                     weights, max_grad_norm)
 
         if update_actor:
             out, actor_trace = actor.net.forward_traced(obs.flatten(1))
@@ -408,7 +419,7 @@ class SAC:
         else:
             next_noise, noise = self._normal(shape), None
         metrics = self.update_fn(batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminated,
-                                 next_noise, noise, update_actor)
+                                 next_noise, noise, update_actor, batch.discount, batch.weights)
         self.updates_done += 1
         self.actor_updates += update_actor
         self.targets.step(self.updates_done)  # the critic target moves with every critic update
@@ -456,10 +467,7 @@ def make_temperature(cfg: TrainConfig, action_dim: int, device: torch.device) ->
     return Temperature(None, log_alpha, opt, target_entropy)
 
 
-def build_sac(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile: bool,
-              hand_written: bool | None = None) -> SAC:
-    """`hand_written` None: the hand-written backward for vector observations (ReLU MLPs on their own
-    input), autograd for image observations (flattened), as DQN chooses; True/False force one."""
+def build_sac(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile: bool) -> SAC:
     obs_dim = math.prod(spec.obs_shape)
     low = torch.tensor(spec.action_low, dtype=torch.float32)
     high = torch.tensor(spec.action_high, dtype=torch.float32)
@@ -474,9 +482,7 @@ def build_sac(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile
     actor_opt = FusedAdam([actor_flat], lr=cfg.actor_lr or cfg.lr, grads=[actor_flat_grad],
                           lr_on_device=cfg.cuda_graph)
     temperature = make_temperature(cfg, low.numel(), device)
-    if hand_written is None:
-        hand_written = not spec.is_image
-    make = make_mlp_update if hand_written else make_update
+    make = make_manual_update if uses_manual_gradients(cfg, device) else make_autograd_update
     update_fn = make(actor, critic, critic_target, critic_opt, actor_opt, temperature, cfg.gamma, cfg.max_grad_norm)
     if use_compile:
         update_fn = torch.compile(update_fn)
@@ -490,7 +496,7 @@ def build_sac(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile
     policy_sample = torch.compile(actor.act) if use_compile else actor.act
     policy_greedy = torch.compile(actor.greedy) if use_compile else actor.greedy
     return SAC(spec, cfg, actor, critic, critic_target, critic_opt, actor_opt, temperature, targets, update_fn,
-               generator, device, total_updates(cfg), policy_sample, policy_greedy)
+               generator, device, planned_updates(cfg), policy_sample, policy_greedy)
 
 
 def validate(cfg: Any) -> None:
@@ -505,7 +511,8 @@ ALGORITHM = Algorithm(
     name="sac", discrete=False, build=build_sac, section=SACSettings,
     reads=("alpha", "target_entropy", "alpha_lr", "policy_delay", "actor_lr"),
     defaults=DEFAULTS, presets=PRESETS, validate=validate,
-    notes=("sac: the critic target moves after every critic update, so --target-period (hard targets) "
-           "counts critic updates; --policy-delay D steps the actor and α every D critic updates; "
-           "α is tuned toward --target-entropy unless --alpha fixes it."),
+    notes=("the critic target moves after every critic update, so --target-period (hard targets) counts "
+           "critic updates; --policy-delay D steps the actor and α every D critic updates; α is tuned toward "
+           "--target-entropy unless --alpha fixes it"),
 )
+ALGORITHMS = (ALGORITHM,)
