@@ -32,7 +32,7 @@ from fastrl.cuda_graph import GraphedUpdate
 from fastrl.fused_adam import FusedAdam, clip_grad_norm_, flatten_parameters_, rebuildable_views
 from fastrl.learner import clip_and_step, grads_into_
 from fastrl.schedules import learning_rate, planned_updates
-from fastrl.settings import non_negative, optional, positive, positive_int, setting
+from fastrl.settings import ConfigError, non_negative, optional, positive, positive_int, setting
 from fastrl.stacked_mlp import StackedMLP, Trace, backward
 from fastrl.targets import TargetUpdater, make_target_updater
 
@@ -68,6 +68,12 @@ PRESETS = {
     **{env: {"total_steps": 1_000_000, "learning_starts": 25_000, "log_every": 10_000, "eval_every": 50_000}
        for env in ("HalfCheetah-v4", "Hopper-v4", "Walker2d-v4", "Ant-v4")},
 }
+
+
+def check_spec(cfg: TrainConfig, spec: EnvSpec) -> None:
+    if spec.is_image:
+        raise ConfigError(f"--env: {cfg.env} observes images and --algo {cfg.algo}'s networks are MLPs over vector "
+                          f"observations; use --algo dqn for image observations")
 
 
 def uses_manual_gradients(cfg: TrainConfig, device: torch.device) -> bool:
@@ -414,7 +420,8 @@ _NOTES = "--target-period counts actor updates (targets move with the actor)"
 ALGORITHMS = (
     Algorithm("ddpg", discrete=False, build=build_ddpg, section=TD3Settings,
               reads=("exploration_noise", "policy_delay", "actor_lr"), defaults=DDPG_DEFAULTS, presets=PRESETS,
-              notes=_NOTES),
+              check_spec=check_spec, notes=_NOTES),
     Algorithm("td3", discrete=False, build=build_td3, section=TD3Settings,
-              reads=tuple(TD3Settings.__dataclass_fields__), defaults=TD3_DEFAULTS, presets=PRESETS, notes=_NOTES),
+              reads=tuple(TD3Settings.__dataclass_fields__), defaults=TD3_DEFAULTS, presets=PRESETS,
+              check_spec=check_spec, notes=_NOTES),
 )

@@ -170,7 +170,7 @@ def test_update_moves_q_towards_the_target():
 def test_dqn_learns_cartpole_seeded(tmp_path):
     """The default run, seed 1 (about 25 s on the 2-core CI machine): greedy CartPole returns end
     at >= 475 (a random policy gets ~22)."""
-    cfg = resolve({"seed": 1, "run_dir": str(tmp_path / "run"), "progress": False})
+    cfg = resolve({"device": "cpu", "seed": 1, "run_dir": str(tmp_path / "run"), "progress": False})
     spec, device = check_setup(cfg)
     summary = train(cfg, spec, device, 0.0)
     assert summary["final_eval_return_mean"] >= 475, summary
@@ -185,7 +185,7 @@ def test_dqn_learns_cartpole_seeded(tmp_path):
 @pytest.mark.parametrize("seed", [2, 3])
 def test_default_run_solves_cartpole(seed, tmp_path):
     """The README's promise: `python -m fastrl.train --seed S` ends at >= 475 in <= 60 s."""
-    cfg = resolve({"seed": seed, "run_dir": str(tmp_path / "run"), "progress": False})
+    cfg = resolve({"device": "cpu", "seed": seed, "run_dir": str(tmp_path / "run"), "progress": False})
     spec, device = check_setup(cfg)
     summary = train(cfg, spec, device, 0.0)
     assert summary["final_eval_return_mean"] >= 475, summary
@@ -194,7 +194,7 @@ def test_default_run_solves_cartpole(seed, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["soft", "hard"])
 def test_soft_and_hard_target_updates_both_learn(kind, tmp_path):
-    cfg = resolve({"seed": 1, "target_update": kind, "run_dir": str(tmp_path / "run"), "progress": False})
+    cfg = resolve({"device": "cpu", "seed": 1, "target_update": kind, "run_dir": str(tmp_path / "run"), "progress": False})
     spec, device = check_setup(cfg)
     assert train(cfg, spec, device, 0.0)["final_eval_return_mean"] >= 475
 
@@ -202,7 +202,7 @@ def test_soft_and_hard_target_updates_both_learn(kind, tmp_path):
 def test_breakout_runs_end_to_end_with_one_observation_per_transition(tmp_path):
     spec = lookup_spec("Breakout-v5")
     assert spec.obs_shape == (4, 84, 84)
-    cfg = resolve({"env": "Breakout-v5", "total_steps": 5_000, "learning_starts": 1_000, "buffer_size": 20_000,
+    cfg = resolve({"device": "cpu", "env": "Breakout-v5", "total_steps": 5_000, "learning_starts": 1_000, "buffer_size": 20_000,
                    "eval_episodes": 2, "run_dir": str(tmp_path / "run"), "progress": False})
     spec, device = check_setup(cfg)
     summary = train(cfg, spec, device, 0.0)

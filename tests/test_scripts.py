@@ -18,12 +18,13 @@ def run_script(*args: str) -> str:
 
 
 @pytest.mark.parametrize("args", [
+    # device=cpu: on a GPU machine --device auto would pick CUDA and compile every run afresh
     ["--algo", "td3", "--steps", "700", "--learning-starts", "400", "--threads", "1",
-     "--set", "batch_size=32", "hidden_sizes=[16,16]"],
+     "--set", "batch_size=32", "hidden_sizes=[16,16]", "device=cpu"],
     # the docstring's DQN form: settings of another algorithm must not leak in (they once did)
     ["--algo", "dqn", "--steps", "1200", "--learning-starts", "400", "--threads", "1",
      "--set", "env=CartPole-v1", "num_envs=8", "batch_size=32", "hidden_sizes=[16,16]", "train_every=2",
-     "updates_per_train=3"],
+     "updates_per_train=3", "device=cpu"],
 ])
 def test_loop_phases_times_every_call_of_the_learning_phase(args):
     out = run_script("scripts/loop_phases.py", *args)
@@ -45,3 +46,15 @@ def test_flop_ceiling_prints_a_row_per_workload_with_the_matmuls_alone_bound():
         assert float(row[2]) > 0 and 0 < matmuls_ms
         # the replay holds only the update's matrix products, so it cannot take longer by much
         assert matmuls_ms < 2 * update_ms
+
+
+def test_buffer_micro_times_the_prioritized_pair_for_every_sum_tree():
+    out = run_script("scripts/buffer_micro.py", "--per", "--capacity", "20000", "--calls", "5")
+    backends = re.findall(r"^sample\(1, 256\) \+ update_priorities\(256\), +(\w+) tree: +[\d.]+ us$", out, re.M)
+    assert backends == ["numba", "torch", "numpy"], out
+
+
+def test_buffer_micro_times_cpprb_on_the_same_pair():
+    pytest.importorskip("cpprb", reason="cpprb lives in a venv of its own (see scripts/buffer_micro.py)")
+    out = run_script("scripts/buffer_micro.py", "--cpprb", "--capacity", "20000", "--calls", "5")
+    assert re.search(r"^sample\(256\) \+ update_priorities\(256\), cpprb: +[\d.]+ us$", out, re.M), out

@@ -405,7 +405,7 @@ def test_cli_mismatch_is_one_line_exit_2(args, flag, tmp_path):
 def test_learns_pendulum_seeded(algo, tmp_path):
     """Fast (~20 s each on 2 idle cores): 8k steps with 64-64 nets lift Pendulum far above a random
     policy's ~ -1200 (seed 1 ends near -120 for both)."""
-    cfg = resolve({"algo": algo, "env": "Pendulum-v1", "seed": 1, "total_steps": 8_000, "learning_starts": 1_000,
+    cfg = resolve({"device": "cpu", "algo": algo, "env": "Pendulum-v1", "seed": 1, "total_steps": 8_000, "learning_starts": 1_000,
                    "hidden_sizes": (64, 64), "lr": 1e-3, "eval_episodes": 5, "run_dir": str(tmp_path / "run"),
                    "progress": False})
     spec, device = check_setup(cfg)
@@ -420,7 +420,7 @@ def test_learns_pendulum_seeded(algo, tmp_path):
 @pytest.mark.parametrize("seed", [1, 2])
 def test_pendulum_preset_reaches_minus_200(algo, seed, tmp_path):
     """The issue's bar: the 20k-step preset ends at >= -200 (peers end at -186 to -215)."""
-    cfg = resolve({"algo": algo, "env": "Pendulum-v1", "seed": seed, "run_dir": str(tmp_path / "run"),
+    cfg = resolve({"device": "cpu", "algo": algo, "env": "Pendulum-v1", "seed": seed, "run_dir": str(tmp_path / "run"),
                    "progress": False})
     spec, device = check_setup(cfg)
     summary = train(cfg, spec, device, 0.0)
@@ -429,10 +429,23 @@ def test_pendulum_preset_reaches_minus_200(algo, seed, tmp_path):
 
 
 def test_halfcheetah_runs_end_to_end(tmp_path):
-    cfg = resolve({"algo": "td3", "env": "HalfCheetah-v4", "total_steps": 1_500, "learning_starts": 1_000,
+    cfg = resolve({"device": "cpu", "algo": "td3", "env": "HalfCheetah-v4", "total_steps": 1_500, "learning_starts": 1_000,
                    "eval_episodes": 1, "buffer_size": 10_000, "run_dir": str(tmp_path / "run"), "progress": False})
     spec, device = check_setup(cfg)
     assert spec.action_shape == (6,)
     summary = train(cfg, spec, device, 0.0)
     assert summary["env_steps"] == 1_500 and summary["updates"] > 0
     assert math.isfinite(summary["final_eval_return_mean"])
+
+
+def test_image_observations_are_refused_for_the_mlp_actor_critics():
+    """TD3/DDPG/SAC nets are MLPs over vector observations: image bytes would reach them raw."""
+    import dataclasses
+
+    from fastrl.td3 import check_spec
+
+    image = dataclasses.replace(_spec(), obs_shape=(4, 40, 48), obs_dtype=torch.uint8)
+    assert image.is_image
+    with pytest.raises(ConfigError, match="^--env: .* observes images .* use --algo dqn"):
+        check_spec(TrainConfig(algo="td3"), image)
+    check_spec(TrainConfig(algo="td3"), _spec())  # vector observations pass
