@@ -49,7 +49,8 @@ from fastrl.settings import ConfigError, optional, positive, setting
 from fastrl.stacked_mlp import StackedMLP, backward
 from fastrl.targets import TargetUpdater, make_target_updater
 from fastrl.td3 import (
-    box_fraction, critic_input, critic_loss, manual_critic_step, td_abs, td_target, to_box, uses_manual_gradients,
+    box_fraction, check_spec, critic_input, critic_loss, manual_critic_step, td_abs, td_target, to_box,
+    uses_manual_gradients,
 )
 
 if TYPE_CHECKING:
@@ -163,10 +164,10 @@ def autograd_forward(net: StackedMLP, x: torch.Tensor) -> torch.Tensor:
 
     With StackedMLP.forward's batch-major layers, autograd gives every weight gradient as a
     transposed view (the gradient of Wᵀ in x Wᵀ), which `grads_into_` must copy, and the narrow head's
-    gradient comes back transposed into the ReLU's backward, which runs ~20x slower on transposed
-    input on this CPU. Feature-major, every layer is zᵀ = W hᵀ + b: autograd's products come out
-    contiguous in W's own [out, in] layout, and the head's last dim is the batch. The first layer
-    of all E members is one 2-D GEMM on the shared input."""
+    gradient comes back transposed into the ReLU's backward, whose kernel is many times slower on a
+    transposed input than on a contiguous one on CPU. Feature-major, every layer is zᵀ = W hᵀ + b:
+    autograd's products come out contiguous in W's own [out, in] layout, and the head's last dim is
+    the batch. The first layer of all E members is one 2-D GEMM on the shared input."""
     weights, biases = net.layers()
     members, batch = net.members, x.shape[0]
     h = torch.addmm(biases[0].reshape(-1, 1), weights[0].flatten(0, 1), x.mT)  # [E·out, B]
@@ -510,7 +511,7 @@ def validate(cfg: Any) -> None:
 ALGORITHM = Algorithm(
     name="sac", discrete=False, build=build_sac, section=SACSettings,
     reads=("alpha", "target_entropy", "alpha_lr", "policy_delay", "actor_lr"),
-    defaults=DEFAULTS, presets=PRESETS, validate=validate,
+    defaults=DEFAULTS, presets=PRESETS, validate=validate, check_spec=check_spec,  # MLPs: no image observations
     notes=("the critic target moves after every critic update, so --target-period (hard targets) counts "
            "critic updates; --policy-delay D steps the actor and α every D critic updates; α is tuned toward "
            "--target-entropy unless --alpha fixes it"),
