@@ -429,14 +429,14 @@ def test_compiled_update_equals_eager(cold_compile, gradients):
 @pytest.mark.parametrize("seed", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_sac_learns_pendulum_fast(seed, tmp_path):
     """6k steps through the trainer, 64-64 nets, lr 1e-3 (one thread: auto for nets this small): a
-    random Pendulum policy scores about −1200 to −1500."""
+    random Pendulum policy scores about −1200 to −1500; seeds 1 and 2 end at −121 and −141."""
     cfg = resolve({"device": "cpu", "algo": "sac", "env": "Pendulum-v1", "seed": seed, "total_steps": 6_000,
                    "learning_starts": 1_000, "hidden_sizes": (64, 64), "lr": 1e-3, "eval_every": 0,
                    "eval_episodes": 5, "run_dir": str(tmp_path / "run"), "progress": False})
     spec, device = check_setup(cfg)
     summary = train(cfg, spec, device, 0.0)
     assert summary["env_steps"] == 6_000
-    assert summary["final_eval_return_mean"] > -900, summary
+    assert summary["final_eval_return_mean"] > -500, summary
 
 
 @pytest.mark.slow
