@@ -204,6 +204,23 @@ def _grads(net: StackedMLP) -> tuple[Callable[[], list[torch.Tensor]], Callable[
     return rebuildable_views([w.grad for w in net.weights]), rebuildable_views([b.grad for b in net.biases])
 
 
+def manual_critic_step(critic: StackedMLP, critic_opt: FusedAdam, weight_grads: list[torch.Tensor],
+                       bias_grads: list[torch.Tensor], obs: torch.Tensor, actions: torch.Tensor, target: torch.Tensor,
+                       weights: torch.Tensor | None, max_grad_norm: float) -> dict[str, torch.Tensor]:
+    """Regress every critic on `target` (`critic_loss`) with the backward written out, clip, step;
+    the metrics "loss", "mean_q", "grad_norm" and, with importance `weights`, "td_abs"."""
+    q_out, trace = critic.forward_traced(critic_input(obs, actions))
+    q = q_out[..., 0]
+    metrics = {"loss": critic_loss(q, target, weights), "mean_q": q.mean()}
+    d_q = (2.0 / q.shape[1]) * (q - target)
+    if weights is not None:
+        metrics["td_abs"] = td_abs(q, target)
+        d_q = d_q * weights
+    backward(critic.layers()[0], trace, d_q.unsqueeze(-1), weight_grads, bias_grads)
+    metrics["grad_norm"] = clip_and_step(critic_opt, max_grad_norm)
+    return metrics
+
+
 def make_manual_update(actor: Actor, critic: StackedMLP, actor_target: Actor, critic_target: StackedMLP,
                        critic_opt: FusedAdam, actor_opt: FusedAdam, gamma: float,
                        smoothing: bool, policy_noise: float, noise_clip: float, max_grad_norm: float) -> UpdateFn:
@@ -211,7 +228,6 @@ def make_manual_update(actor: Actor, critic: StackedMLP, actor_target: Actor, cr
     critic_w_grads, critic_b_grads = _grads(critic)
     actor_w_grads, actor_b_grads = _grads(actor.net)
     actor_grads = actor_opt.grads  # clipped as the optimizer sees them
-    critic_weights = list(critic.weights)
     actor_weights = list(actor.net.weights)
     first_critic = slice(0, 1)  # the actor climbs Q₁ only (TD3); with one critic, that one
     first_critic_weights = critic.layers(first_critic)[0]  # views, taken once (parameters stay in place)
@@ -228,15 +244,8 @@ def make_manual_update(actor: Actor, critic: StackedMLP, actor_target: Actor, cr
         target = bootstrap_target(critic_target, actor_target, rewards, next_obs, terminated,
                                   normal if smoothing else None, smoothing_std, smoothing_clip, low, high,
                                   gamma if discount is None else discount)
-        q_out, trace = critic.forward_traced(critic_input(obs, actions))
-        q = q_out[..., 0]
-        metrics = {"loss": critic_loss(q, target, weights), "mean_q": q.mean()}
-        d_q = (2.0 / batch) * (q - target)
-        if weights is not None:
-            metrics["td_abs"] = td_abs(q, target)
-            d_q = d_q * weights
-        backward(critic_weights, trace, d_q.unsqueeze(-1), critic_w_grads(), critic_b_grads())
-        metrics["grad_norm"] = clip_and_step(critic_opt, max_grad_norm)
+        metrics = manual_critic_step(critic, critic_opt, critic_w_grads(), critic_b_grads(), obs, actions, target,
+                                     weights, max_grad_norm)
 
         if update_actor:  # decided by the host's update counter, never by a tensor
             # Actor: ascend Q₁(s, μ(s)) through the freshly updated critic. Only dQ/da is needed
