@@ -270,8 +270,9 @@ def _temperature_step(temperature: Temperature, log_prob: torch.Tensor, metrics:
     metrics["alpha_loss"] = alpha_loss.detach()
 
 
-def make_autograd_update(actor: GaussianActor, critic: StackedMLP, critic_target: StackedMLP, critic_opt: FusedAdam,
-                actor_opt: FusedAdam, temperature: Temperature, gamma: float, max_grad_norm: float) -> UpdateFn:
+def make_autograd_update(actor: GaussianActor, critic: StackedMLP, critic_target: StackedMLP,
+                         critic_opt: FusedAdam, actor_opt: FusedAdam, temperature: Temperature, gamma: float,
+                         max_grad_norm: float) -> UpdateFn:
     """The update with every gradient by autograd (`grads_into_`)."""
     critic_params, actor_params = list(critic.parameters()), list(actor.parameters())
     critic_grad, actor_grad = critic_opt.grads[0], actor_opt.grads[0]  # the flat gradients
@@ -308,10 +309,11 @@ def make_autograd_update(actor: GaussianActor, critic: StackedMLP, critic_target
 
 
 def make_manual_update(actor: GaussianActor, critic: StackedMLP, critic_target: StackedMLP, critic_opt: FusedAdam,
-                    actor_opt: FusedAdam, temperature: Temperature, gamma: float, max_grad_norm: float) -> UpdateFn:
-    """`make_autograd_update` with the backward passes written out for the ReLU MLPs (`stacked_mlp.backward`):
-    the same losses, tested against it. The actor's gradient takes only dQ/da from the critics and
-    goes through the squashed Gaussian by `squashed_gaussian_grads`."""
+                       actor_opt: FusedAdam, temperature: Temperature, gamma: float,
+                       max_grad_norm: float) -> UpdateFn:
+    """`make_autograd_update` with the backward passes written out for the ReLU MLPs
+    (`stacked_mlp.backward`): the same losses, tested against it. The actor's gradient takes only
+    dQ/da from the critics and goes through the squashed Gaussian by `squashed_gaussian_grads`."""
     critic_w_grads, critic_b_grads = _grad_views(critic)
     actor_w_grads, actor_b_grads = _grad_views(actor.net)
     critic_weights, actor_weights = list(critic.weights), list(actor.net.weights)
@@ -453,9 +455,6 @@ class SAC:
         self.updates_done = int(state["updates_done"])
         self.actor_updates = int(state["actor_updates"])
         self.generator.set_state(state["generator"])
-
-    def policy_module(self) -> nn.Module:
-        return self.actor
 
 
 def make_temperature(cfg: TrainConfig, action_dim: int, device: torch.device) -> Temperature:
