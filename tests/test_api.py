@@ -4,6 +4,7 @@ raises `TrainingError`, and `load_policy` acts as the run's own evaluation did."
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -21,6 +22,8 @@ from tests.counter_env import ENV_ID as COUNTER_ENV
 from tests.test_resume import one_thread, poison, tensors  # noqa: F401 (one_thread is a fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*not within the observation space")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = dict(total_steps=800, num_envs=4, learning_starts=100, batch_size=16, buffer_size=1000, hidden_sizes=[16],
             eval_episodes=2, log_every=200, device="cpu", progress=False)
@@ -210,3 +213,31 @@ def test_an_old_checkpoint_without_a_spec_loads_with_a_note():
         policy = fastrl.load_policy("tests/data/legacy-26d69cf/td3")
     assert policy.spec == lookup_spec("Pendulum-v1")
     assert policy.act(np.zeros(3, np.float32)).shape == (1,)
+
+
+# --- the README's examples, run as they are ---
+
+def run_example(name, cwd):
+    out = subprocess.run([sys.executable, f"{REPO}/examples/{name}"], capture_output=True, text=True, timeout=300,
+                         cwd=cwd, env={**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    return out.stdout.splitlines()
+
+
+def test_example_stop_early(tmp_path):
+    lines = run_example("stop_early.py", tmp_path)
+    (run,) = (tmp_path / "runs").iterdir()
+    windows = [line for line in lines if line.startswith("env step ")]
+    assert len(windows) == len(read_rows(run)) >= 1  # one line per log window
+    summary = json.loads((run / "summary.json").read_text())
+    if summary["interrupted"]:  # stopped by the callback: the last window's evaluation reached 150
+        assert float(windows[-1].rsplit(" ", 1)[1]) >= 150 and summary["env_steps"] < 20_000
+        assert lines[-1].startswith(f"stopped at env step {summary['env_steps']}; continue with fastrl.resume(")
+        assert (run / "checkpoint.pt").exists()
+
+
+def test_example_load_and_act(tmp_path):
+    lines = run_example("load_and_act.py", tmp_path)
+    assert lines[0].startswith("greedy episode return: ") and float(lines[0].split(": ")[1]) >= 1
+    assert lines[1].startswith("a batch of observations gives a batch of actions: [")
