@@ -43,9 +43,16 @@ class Batch:
     rewards: torch.Tensor  # [...] float32
     next_obs: torch.Tensor  # [..., *obs_shape]
     terminated: torch.Tensor  # [...] float32
+    discount: torch.Tensor | None = None  # [...] γ^m to bootstrap with (n-step returns); None: γ
+    weights: torch.Tensor | None = None  # [...] importance weights (prioritized replay); None: uniform
+    indices: torch.Tensor | None = None  # [...] row ids, for priority updates
 
     def __getitem__(self, i: int) -> Batch:
-        return Batch(self.obs[i], self.actions[i], self.rewards[i], self.next_obs[i], self.terminated[i])
+        return Batch(*(None if f is None else f[i] for f in self._fields()))
+
+    def _fields(self) -> tuple[torch.Tensor | None, ...]:
+        return (self.obs, self.actions, self.rewards, self.next_obs, self.terminated, self.discount, self.weights,
+                self.indices)
 
     def unbind(self) -> list[Batch]:
         """Split k stacked mini-batches into k batches with 5 view ops in all, not 5 per batch."""

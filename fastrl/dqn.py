@@ -89,8 +89,11 @@ def check_spec(cfg: TrainConfig, spec: EnvSpec) -> None:
 # --- the math ---
 
 
+Discount = float | torch.Tensor  # γ, or γ^m per sample (n-step returns: the batch's `discount`)
+
+
 def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q_target: torch.Tensor,
-              next_q_online: torch.Tensor | None, gamma: float) -> torch.Tensor:
+              next_q_online: torch.Tensor | None, gamma: Discount) -> torch.Tensor:
     """r + γ (1 − terminated) Q⁻(s', a*). Truncation is not termination: a time-limit cut still
     bootstraps. With `next_q_online` (Double DQN), a* = argmax Q(s', ·), else argmax Q⁻(s', ·)."""
     if next_q_online is None:
@@ -98,37 +101,47 @@ def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q_target: to
     else:
         best = next_q_online.argmax(dim=-1, keepdim=True)
         next_value = next_q_target.gather(-1, best).squeeze(-1)
+    if isinstance(gamma, torch.Tensor):
+        return torch.addcmul(rewards, gamma * (1.0 - terminated), next_value)
     return torch.addcmul(rewards, 1.0 - terminated, next_value, value=gamma)
 
 
-def td_loss(q_taken: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "huber":
-        return F.smooth_l1_loss(q_taken, target)
-    return F.mse_loss(q_taken, target)
+def td_loss(q_taken: torch.Tensor, target: torch.Tensor, kind: str, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean Huber (δ = 1) or squared TD error; with `weights` (prioritized replay's importance
+    weights), the weighted mean."""
+    loss = F.smooth_l1_loss if kind == "huber" else F.mse_loss
+    if weights is None:
+        return loss(q_taken, target)
+    return (weights * loss(q_taken, target, reduction="none")).mean()
 
 
-def td_loss_grad(q_taken: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """d td_loss / d q_taken: the mean's 1/B times the Huber (δ = 1) or squared-error slope."""
+def td_loss_grad(q_taken: torch.Tensor, target: torch.Tensor, kind: str,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
+    """d td_loss / d q_taken: the mean's 1/B times the Huber (δ = 1) or squared-error slope (times
+    each sample's weight)."""
     error = q_taken - target
-    if kind == "huber":
-        return error.clamp_(-1.0, 1.0).div_(error.shape[0])
-    return error.mul_(2.0 / error.shape[0])
+    slope = error.clamp_(-1.0, 1.0).div_(error.shape[0]) if kind == "huber" else error.mul_(2.0 / error.shape[0])
+    return slope if weights is None else slope.mul_(weights)
 
 
 QNet = Callable[[torch.Tensor], torch.Tensor]  # observations [B, ...] -> Q values [B, A]
 
 
 def q_loss(q: QNet, q_target: QNet, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
-           next_obs: torch.Tensor, terminated: torch.Tensor, gamma: float, double: bool,
-           kind: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The DQN loss of one mini-batch, and its metrics. No gradient flows through the target
-    (nor, with Double DQN, through the online net's choice of a*)."""
+           next_obs: torch.Tensor, terminated: torch.Tensor, discount: Discount, double: bool,
+           kind: str, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The DQN loss of one mini-batch, and its metrics (with `weights`, also each sample's |TD
+    error|, "td_abs", for its new priority). No gradient flows through the target (nor, with
+    Double DQN, through the online net's choice of a*)."""
     with torch.no_grad():
         next_q_online = q(next_obs) if double else None
-        target = td_target(rewards, terminated, q_target(next_obs), next_q_online, gamma)
+        target = td_target(rewards, terminated, q_target(next_obs), next_q_online, discount)
     q_taken = q(obs).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
-    loss = td_loss(q_taken, target, kind)
-    return loss, {"mean_q": q_taken.detach().mean()}
+    loss = td_loss(q_taken, target, kind, weights)
+    metrics = {"mean_q": q_taken.detach().mean()}
+    if weights is not None:
+        metrics["td_abs"] = (q_taken.detach() - target).abs()
+    return loss, metrics
 
 
 # --- the updates ---
@@ -142,8 +155,10 @@ def make_autograd_update(q: QNet, q_target: QNet, params: list[torch.Tensor], fl
     """`q_loss`, differentiated by autograd into the flat gradient, clipped, one Adam step."""
 
     def update(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
-               terminated: torch.Tensor) -> dict[str, torch.Tensor]:
-        loss, metrics = q_loss(q, q_target, obs, actions, rewards, next_obs, terminated, gamma, double, loss_kind)
+               terminated: torch.Tensor, discount: torch.Tensor | None = None,
+               weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        loss, metrics = q_loss(q, q_target, obs, actions, rewards, next_obs, terminated,
+                               gamma if discount is None else discount, double, loss_kind, weights)
         grads_into_(loss, params, flat_grad)
         grad_norm = clip_and_step(optimizer, max_grad_norm)
         return {"loss": loss.detach(), **metrics, "grad_norm": grad_norm}
@@ -156,27 +171,31 @@ def make_manual_update(q: StackedMLP, q_target: StackedMLP, optimizer: FusedAdam
     """`q_loss` for a one-member `StackedMLP` Q-net, with its backward written out: the loss's
     gradient reaches the net only through the taken action's Q, so the output gradient is the
     one-hot of the action times d loss / d Q(s, a)."""
-    weights = q.layers()[0]
+    layers = q.layers()[0]
     weight_grads = rebuildable_views([w.grad for w in q.weights])  # views of the flat gradient
     bias_grads = rebuildable_views([b.grad for b in q.biases])
-    action_ids = torch.arange(q.out_dim, dtype=torch.float32, device=weights[0].device)
+    action_ids = torch.arange(q.out_dim, dtype=torch.float32, device=layers[0].device)
 
     @torch.no_grad()
     def update(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
-               terminated: torch.Tensor) -> dict[str, torch.Tensor]:
+               terminated: torch.Tensor, discount: torch.Tensor | None = None,
+               weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         next_q_target = q_target(next_obs.flatten(1))[0]
         next_q_online = q(next_obs.flatten(1))[0] if double else None
-        target = td_target(rewards, terminated, next_q_target, next_q_online, gamma)
+        target = td_target(rewards, terminated, next_q_target, next_q_online, gamma if discount is None else discount)
         q_all, trace = q.forward_traced(obs.flatten(1))
         # One-hot of the taken action: its product with Q picks Q(s, a), and the same mask routes
         # the loss gradient back to that output alone (actions arrive as floats from the buffer).
         taken = (actions.unsqueeze(-1) == action_ids).to(q_all.dtype)
         q_taken = (q_all[0] * taken).sum(-1)
-        loss = td_loss(q_taken, target, loss_kind)
-        d_q_taken = td_loss_grad(q_taken, target, loss_kind)
-        backward(weights, trace, (taken * d_q_taken.unsqueeze(-1)).unsqueeze(0), weight_grads(), bias_grads())
-        grad_norm = clip_and_step(optimizer, max_grad_norm)
-        return {"loss": loss, "mean_q": q_taken.mean(), "grad_norm": grad_norm}
+        loss = td_loss(q_taken, target, loss_kind, weights)
+        metrics = {"loss": loss, "mean_q": q_taken.mean()}
+        if weights is not None:
+            metrics["td_abs"] = (q_taken - target).abs()
+        d_q_taken = td_loss_grad(q_taken, target, loss_kind, weights)
+        backward(layers, trace, (taken * d_q_taken.unsqueeze(-1)).unsqueeze(0), weight_grads(), bias_grads())
+        metrics["grad_norm"] = clip_and_step(optimizer, max_grad_norm)
+        return metrics
 
     return update
 
@@ -224,7 +243,8 @@ class DQN:
         cfg = self.cfg
         self.optimizer.lr = learning_rate(cfg.lr_schedule, cfg.lr, self.updates_done, self.total_updates,
                                           end_fraction=cfg.lr_end_fraction, k0=cfg.lr_k0, power=cfg.lr_power)
-        metrics = self.update_fn(batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminated)
+        metrics = self.update_fn(batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminated,
+                                 batch.discount, batch.weights)
         self.updates_done += 1
         self.targets.step(self.updates_done)
         return metrics

@@ -135,6 +135,27 @@ class StackedMLP(nn.Module):
         return [w[members] for w in self._weights], [b[members] for b in self._biases]
 
 
+def _relu_backward_aten(g: torch.Tensor, x: torch.Tensor) -> None:
+    """g = 0 where x <= 0, in place, through aten's out= overload (not a public API)."""
+    torch.ops.aten.threshold_backward.grad_input(g, x, 0.0, grad_input=g)
+
+
+def _relu_backward_public(g: torch.Tensor, x: torch.Tensor) -> None:
+    """The same, public API: a mask tensor more."""
+    g.masked_fill_(x <= 0, 0.0)
+
+
+def _has_threshold_backward_out() -> bool:
+    try:
+        return torch.ops.aten.threshold_backward.grad_input is not None
+    except (AttributeError, RuntimeError):
+        return False
+
+
+# Chosen once: the aten overload where torch has it (every version this project runs).
+relu_backward_ = _relu_backward_aten if _has_threshold_backward_out() else _relu_backward_public
+
+
 def backward(weights: list[torch.Tensor], trace: Trace, grad_out: torch.Tensor,
              weight_grads: list[torch.Tensor] | None, bias_grads: list[torch.Tensor] | None,
              input_cols: slice | None = None) -> torch.Tensor | None:
@@ -156,7 +177,7 @@ def backward(weights: list[torch.Tensor], trace: Trace, grad_out: torch.Tensor,
             # ReLU's gradient: pass where the layer's output (the next layer's input) was positive.
             # In place: g is this function's own fresh product, still in cache; a new tensor costs
             # a cold write stream as large as g.
-            torch.ops.aten.threshold_backward.grad_input(g, x, 0.0, grad_input=g)
+            relu_backward_(g, x)
         elif input_cols is not None:
             return matmul(g, weights[0][:, :, input_cols])
     return None

@@ -266,7 +266,10 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
             if train_phase_due(vector_step, cfg.num_envs, cfg.train_every, learn_from) and len(buffer) > 0:
                 # One index draw for all k mini-batches of the phase.
                 for batch in buffer.sample_batches(cfg.updates_per_train, cfg.batch_size):
-                    window.add(agent.update(batch))
+                    metrics = agent.update(batch)
+                    if batch.indices is not None:  # prioritized replay: the samples' new priorities
+                        buffer.update_priorities(batch.indices, metrics.pop("td_abs"))
+                    window.add(metrics)
 
             step = envs.recv()
             buffer.add(obs, actions, step.reward, step.terminated, valid=~step.is_reset_step)

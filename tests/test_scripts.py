@@ -18,12 +18,13 @@ def run_script(*args: str) -> str:
 
 
 @pytest.mark.parametrize("args", [
+    # device=cpu: on a GPU machine --device auto would pick CUDA and compile every run afresh
     ["--algo", "td3", "--steps", "700", "--learning-starts", "400", "--threads", "1",
-     "--set", "batch_size=32", "hidden_sizes=[16,16]"],
+     "--set", "batch_size=32", "hidden_sizes=[16,16]", "device=cpu"],
     # the docstring's DQN form: settings of another algorithm must not leak in (they once did)
     ["--algo", "dqn", "--steps", "1200", "--learning-starts", "400", "--threads", "1",
      "--set", "env=CartPole-v1", "num_envs=8", "batch_size=32", "hidden_sizes=[16,16]", "train_every=2",
-     "updates_per_train=3"],
+     "updates_per_train=3", "device=cpu"],
 ])
 def test_loop_phases_times_every_call_of_the_learning_phase(args):
     out = run_script("scripts/loop_phases.py", *args)
