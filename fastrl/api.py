@@ -33,12 +33,13 @@ from typing import Any
 
 import torch
 
-from fastrl.config import FIELDS, TrainConfig, check_type, resolve, validate
-from fastrl.envs import EnvSpec
+from fastrl.checkpoint import made_by_env_fn, spec_from_payload
+from fastrl.config import FIELDS, TrainConfig, check_type, preset_for, resolve, validate
+from fastrl.envs import EnvSpec, spec_from_env_fn, spec_from_vector_env
 from fastrl.interrupts import stop_on_signals
 from fastrl.policy import Policy, load_policy
 from fastrl.settings import ConfigError
-from fastrl.train import check_new_run_dir, check_setup, checkpoint_kept, resume_run
+from fastrl.train import MAX_EVAL_ENVS, check_new_run_dir, check_setup, checkpoint_kept, resume_run
 from fastrl.train import train as train_loop
 
 __all__ = ["ConfigError", "Policy", "TrainConfig", "TrainingError", "load_policy", "make_config", "resume",
@@ -124,8 +125,58 @@ def _run(config: TrainConfig, spec: EnvSpec, device: torch.device, t_start: floa
 
 
 def user_spec_of(env_fn: Any, config: TrainConfig,
-                 saved_spec: dict[str, Any] | None = None) -> Callable[[str], EnvSpec] | None:
-    """For `check_setup`: how the spec of `env_fn`'s env is made (None: `config.env` names it)."""
+                 saved: dict[str, Any] | None = None) -> Callable[[str], EnvSpec] | None:
+    """For `check_setup`: how the spec of `env_fn`'s env is made (None: `config.env` names an env
+    fastrl builds itself). `saved`: the spec in the checkpoint of a resumed run, which the env
+    must match."""
     if env_fn is None:
+        if made_by_env_fn(saved):
+            raise ConfigError(f"env_fn: the run in {config.run_dir!r} trained on an env made by env_fn "
+                              f"({config.env}); pass it again: fastrl.resume(run_dir, env_fn=...)")
         return None
-    raise NotImplementedError("env_fn: not wired yet")
+    import gymnasium as gym
+
+    check_user_env_name(config)
+    if isinstance(env_fn, gym.vector.VectorEnv):
+        check_ready_vector_env(env_fn, config)
+        make = spec_from_vector_env
+    elif callable(env_fn):
+        make = spec_from_env_fn
+    else:
+        raise ConfigError(f"env_fn: must be a function making one gymnasium env, or a gymnasium vector env; "
+                          f"got {type(env_fn).__name__}")
+
+    def spec_of(name: str) -> EnvSpec:
+        spec = make(env_fn, name)
+        if saved is not None and spec != spec_from_payload(saved, "env_fn"):
+            raise ConfigError(f"env_fn: its env is not the one the run in {config.run_dir!r} trained on "
+                              f"(now {spec}, then {spec_from_payload(saved, 'env_fn')})")
+        return spec
+
+    return spec_of
+
+
+def check_user_env_name(config: TrainConfig) -> None:
+    """With env_fn, `config.env` only names the run's env (its folder, its logs). The default
+    env's id would label the run as CartPole; an id with presets has also brought that env's
+    settings along for yours."""
+    name_yours = "; with env_fn, env names your env: give it a name of its own, e.g. make_config(env=\"MyEnv-v0\", ...)"
+    if config.env == FIELDS["env"].default:
+        raise ConfigError(f"--env: {config.env!r} is the default env's id{name_yours}")
+    if preset_for(config.algo, config.env):
+        raise ConfigError(f"--env: {config.env!r} has {config.algo} presets, which make_config applied to your "
+                          f"env_fn's env{name_yours}")
+
+
+def check_ready_vector_env(envs: Any, config: TrainConfig) -> None:
+    """A ready vector env is the only env there is: the run steps it, and evaluates on it once
+    training is done (evaluation resets it). A function making one env has neither limit."""
+    n = envs.num_envs
+    if config.num_envs != n:
+        raise ConfigError(f"--num-envs: the vector env passed as env_fn holds {n} envs; got {config.num_envs}")
+    if config.eval_every:
+        raise ConfigError(f"--eval-every: a ready vector env cannot be evaluated during the run (evaluation "
+                          f"would reset the envs it steps); use eval_every=0, or pass a function making one env")
+    if min(config.eval_episodes, MAX_EVAL_ENVS) != n:
+        raise ConfigError(f"--eval-episodes: the final evaluation plays on the ready vector env, one episode "
+                          f"per env: use eval_episodes={n}, or pass a function making one env")

@@ -3,9 +3,9 @@
 A training checkpoint holds the resolved config, the agent (online and target weights, optimizer,
 update counter, exploration generator), optionally the replay buffer, the global RNG states, the
 loop's counters and the env's spec (observation shape and dtype, action space: what a policy needs
-to act without building the env; `fastrl.policy`). Env state cannot be saved (envpool has no serialization), so a checkpoint is only
-ever written at a point where the envs are (re)built from `env_seed(seed, env_step)`: see
-`fastrl.train` for how episodes are cut there.
+to act without building the env; `fastrl.policy`). Env state cannot be saved (envpool has no
+serialization), so a checkpoint is only ever written at a point where the envs are (re)built from
+`env_seed(seed, env_step)`: see `fastrl.train` for how episodes are cut there.
 """
 
 from __future__ import annotations
@@ -140,6 +140,13 @@ def spec_payload(spec: EnvSpec) -> dict[str, Any]:
         elif _is_plain(value):
             out[f.name] = value
     return out
+
+
+def made_by_env_fn(saved_spec: dict[str, Any] | None) -> bool:
+    """Whether a checkpoint's env spec (`state.get("env_spec")`) is of an env made by a user's
+    `env_fn` (the Python API's), which no checkpoint can hold: such a run is resumed and evaluated
+    from Python, given the env again."""
+    return saved_spec is not None and saved_spec.get("backend") in ("callable", "vector")
 
 
 def spec_from_payload(saved: dict[str, Any], flag: str) -> EnvSpec:

@@ -56,7 +56,7 @@ def record_gif(policy: Policy, env_id: str, path: Path, seed: int, max_frames: i
     except Exception as exc:  # missing optional dependencies surface here as many exception types
         return f"{env_id} cannot be built for rendering: {exc}"
     try:
-        obs_shape = policy.spec.obs_shape
+        obs_shape = policy.obs_shape  # as the env gives observations
         if tuple(env.observation_space.shape) != tuple(obs_shape):
             # e.g. Atari: envpool's observations are preprocessed (grey, 84x84, stacked); gymnasium's are not
             return f"gymnasium's {env_id} observes {env.observation_space.shape}, the policy was trained on {obs_shape}"
@@ -82,7 +82,7 @@ def record_gif(policy: Policy, env_id: str, path: Path, seed: int, max_frames: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastrl.checkpoint import load_run_checkpoint
+    from fastrl.checkpoint import load_run_checkpoint, made_by_env_fn
     from fastrl.config import ConfigError
     from fastrl.policy import policy_from_checkpoint
 
@@ -102,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.seed is not None and args.seed < 0:
             raise ConfigError(f"--seed: must be an integer >= 0, got {args.seed}")
         state = load_run_checkpoint(args.run_dir, flag="RUN_DIR")
+        if made_by_env_fn(state.get("env_spec")):
+            raise ConfigError(f"RUN_DIR: this run trained on an env made in Python (env_fn={state['config']['env']}), "
+                              f"which the command line cannot rebuild; evaluate it from Python: "
+                              f"fastrl.load_policy(RUN_DIR) and your env")
         policy = policy_from_checkpoint(state, args.device, "RUN_DIR")
     except ConfigError as exc:
         print(f"python -m fastrl.evaluate: error: {exc}", file=sys.stderr)

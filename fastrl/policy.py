@@ -23,7 +23,7 @@ import torch
 from fastrl.algorithm import Agent
 from fastrl.checkpoint import load_run_checkpoint, spec_from_payload
 from fastrl.config import TrainConfig, config_from_checkpoint, resolve_device
-from fastrl.envs import EnvSpec, lookup_spec
+from fastrl.envs import OBS_CHANNEL_LAST, OBS_NO_CHANNEL, EnvSpec, lookup_spec
 from fastrl.registry import build_agent
 
 
@@ -42,9 +42,21 @@ class Policy:
     def greedy(self, obs: torch.Tensor) -> torch.Tensor:
         return self.agent.greedy(obs)
 
+    @property
+    def obs_shape(self) -> tuple[int, ...]:
+        """The shape of one observation as the env gives it (`spec.obs_shape` is the learner's:
+        images channel-first)."""
+        shape = self.spec.obs_shape
+        if self.spec.obs_layout == OBS_CHANNEL_LAST:
+            return (*shape[1:], shape[0])
+        if self.spec.obs_layout == OBS_NO_CHANNEL:
+            return shape[1:]
+        return shape
+
     @torch.no_grad()
     def act(self, obs: Any, deterministic: bool = True) -> Any:
-        """Actions for one observation (shape `spec.obs_shape`) or a batch of them ([N, *obs_shape]).
+        """Actions for one observation (of shape `obs_shape`, as the env gives it) or a batch of
+        them ([N, *obs_shape]).
 
         numpy (or anything `np.asarray` takes) in, numpy out; a torch tensor in, a tensor out on
         its device. Discrete actions are integers; continuous ones lie in the action box.
@@ -52,14 +64,18 @@ class Policy:
         DDPG/TD3's Gaussian noise."""
         as_torch = isinstance(obs, torch.Tensor)
         x = obs if as_torch else torch.from_numpy(np.asarray(obs))
-        shape = tuple(x.shape)
-        single = shape == self.spec.obs_shape
-        if not single and shape[1:] != self.spec.obs_shape:
-            raise ValueError(f"act: observations of shape {shape}; this policy takes one of shape "
-                             f"{self.spec.obs_shape} or a batch of shape (N, {', '.join(map(str, self.spec.obs_shape))})")
+        shape, obs_shape = tuple(x.shape), self.obs_shape
+        single = shape == obs_shape
+        if not single and shape[1:] != obs_shape:
+            raise ValueError(f"act: observations of shape {shape}; this policy takes one of shape {obs_shape} "
+                             f"or a batch of shape (N, {', '.join(map(str, obs_shape))})")
         x = x.to(self.device, self.spec.obs_dtype)
         if single:
             x = x.unsqueeze(0)
+        if self.spec.obs_layout == OBS_CHANNEL_LAST:  # as fastrl.envs hands them to the learner
+            x = x.permute(0, 3, 1, 2)
+        elif self.spec.obs_layout == OBS_NO_CHANNEL:
+            x = x.unsqueeze(1)
         # The end of the exploration schedule (DQN's final epsilon): the policy's own exploration.
         actions = self.agent.greedy(x) if deterministic else self.agent.act(x, self.config.total_steps)
         actions = self._in_action_space(actions)

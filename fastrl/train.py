@@ -29,7 +29,8 @@ import torch
 
 from fastrl.buffer import ReplayBuffer, bytes_per_row, check_fits
 from fastrl.checkpoint import (
-    CHECKPOINT_NAME, RunCounters, env_seed, load_run_checkpoint, save_checkpoint, set_rng_state, training_payload,
+    CHECKPOINT_NAME, RunCounters, env_seed, load_run_checkpoint, made_by_env_fn, save_checkpoint, set_rng_state,
+    training_payload,
 )
 from fastrl.config import (
     FIELDS, ConfigError, TrainConfig, auto_threads, config_from_checkpoint, describe_presets, load_config_file,
@@ -49,6 +50,7 @@ from fastrl.settings import flag
 EXIT_BAD_SETTING = 2
 TORCH_DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice (the cores), before any run changes it
 EXIT_NON_FINITE = 3
+MAX_EVAL_ENVS = 16  # evaluation runs min(--eval-episodes, this) envs side by side
 # Settings a resumed run may change: neither alters what the run computes up to its old end.
 RESUME_OVERRIDES = ("total_steps", "progress")
 
@@ -107,7 +109,11 @@ def resume_config(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]
     if args.config:
         raise ConfigError("--config: cannot be combined with --resume; a resumed run keeps the settings "
                           "saved in its checkpoint (see RUN_DIR/config.json)")
-    return resume_run(args.resume, _given(args))
+    cfg, state = resume_run(args.resume, _given(args))
+    if made_by_env_fn(state.get("env_spec")):
+        raise ConfigError(f"--resume: this run trained on an env made in Python (env_fn={cfg.env}), which the "
+                          f"command line cannot rebuild; resume it from Python: fastrl.resume(RUN_DIR, env_fn=...)")
+    return cfg, state
 
 
 def resume_run(run_dir: str | Path, given: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
@@ -216,7 +222,7 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
     start = RunCounters(**resume["counters"]) if resume is not None else RunCounters()
 
     envs = TorchVecEnv(spec, cfg.num_envs, env_seed(cfg.seed, start.env_step), device)
-    eval_envs = TorchVecEnv(spec, min(cfg.eval_episodes, 16), cfg.seed + 100_003, device)
+    eval_envs = TorchVecEnv(spec, min(cfg.eval_episodes, MAX_EVAL_ENVS), cfg.seed + 100_003, device)
     agent = build_agent(spec, cfg, device, use_compile)
     buffer = ReplayBuffer(cfg.buffer_size, cfg.num_envs, spec.obs_shape, spec.obs_dtype, spec.action_shape,
                           spec.action_dtype, device, seed=cfg.seed)

@@ -8,17 +8,20 @@ import os
 import subprocess
 import sys
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
 import fastrl
+import fastrl.evaluate as evaluate_mod
 import fastrl.train as train_mod
 from fastrl.checkpoint import load_checkpoint
-from fastrl.config import resolve
-from fastrl.envs import TorchVecEnv, lookup_spec
+from fastrl.envs import SUPPORTED_SPACES, TorchVecEnv, lookup_spec, spec_from_env_fn
 from fastrl.evaluate import evaluate_policy
+from tests.api_envs import UNSUPPORTED, UNSUPPORTED_ENVS, BanditEnv, ContinuousBanditEnv
 from tests.counter_env import ENV_ID as COUNTER_ENV
+from tests.pattern_env import PatternEnv, pattern
 from tests.test_resume import one_thread, poison, tensors  # noqa: F401 (one_thread is a fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*not within the observation space")
@@ -215,6 +218,129 @@ def test_an_old_checkpoint_without_a_spec_loads_with_a_note():
     assert policy.act(np.zeros(3, np.float32)).shape == (1,)
 
 
+# --- users' envs: env_fn ---
+
+BANDIT = dict(TINY, total_steps=1500, learning_starts=200, batch_size=32, hidden_sizes=[32], eval_episodes=20,
+              log_every=500)
+
+
+@pytest.mark.parametrize("algo,env_fn,total", [("dqn", BanditEnv, 1500), ("td3", ContinuousBanditEnv, 3000)],
+                         ids=["discrete", "continuous"])
+def test_learns_a_bandit_of_its_own_through_env_fn(algo, env_fn, total, tmp_path):
+    """Optimal return 1 (a random policy: 1/2 discrete, 1/3 continuous); within 5% after a short run."""
+    config = fastrl.make_config(algo=algo, env=env_fn.__name__, run_dir=str(tmp_path / "run"),
+                                **dict(BANDIT, total_steps=total, hidden_sizes=[64, 64] if algo == "td3" else [32]))
+    summary = fastrl.train(config, env_fn=env_fn)
+    assert summary["final_eval_return_mean"] >= 0.95, summary["final_eval_returns"]
+
+    # Its policy, loaded without the env, plays the run's final evaluation again, exactly.
+    policy = fastrl.load_policy(tmp_path / "run")
+    assert policy.spec == spec_from_env_fn(env_fn, env_fn.__name__)
+    envs = TorchVecEnv(spec_from_env_fn(env_fn, env_fn.__name__), min(config.eval_episodes, 16),
+                       config.seed + 100_003, torch.device("cpu"))
+    try:
+        assert evaluate_policy(policy.act, envs, config.eval_episodes) == summary["final_eval_returns"]
+    finally:
+        envs.close()
+
+
+def test_a_ready_vector_env_trains_and_its_limits_are_checked_first(tmp_path):
+    def ready(n=4):
+        return gym.vector.SyncVectorEnv([BanditEnv] * n, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+
+    settings = dict(BANDIT, env="Bandit", eval_episodes=4)
+    summary = fastrl.train(fastrl.make_config(**settings, run_dir=str(tmp_path / "run")), env_fn=ready())
+    assert summary["final_eval_return_mean"] >= 0.95 and len(summary["final_eval_returns"]) == 4
+    for change, says in [(dict(num_envs=2), "--num-envs: the vector env passed as env_fn holds 4 envs; got 2"),
+                         (dict(eval_every=500), "--eval-every: a ready vector env cannot be evaluated during"),
+                         (dict(eval_episodes=10), "--eval-episodes: .* use eval_episodes=4")]:
+        config = fastrl.make_config(**{**settings, **change}, run_dir=str(tmp_path / "bad"))
+        with pytest.raises(fastrl.ConfigError, match=says):
+            fastrl.train(config, env_fn=ready())
+    same_step = gym.vector.SyncVectorEnv([BanditEnv] * 4, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    with pytest.raises(fastrl.ConfigError, match="NEXT_STEP"):
+        fastrl.train(fastrl.make_config(**settings, run_dir=str(tmp_path / "bad")), env_fn=same_step)
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("env,env_fn,says", [
+    ("CartPole-v1", BanditEnv, "--env: 'CartPole-v1' is the default env's id; with env_fn, env names your env"),
+    ("Breakout-v5", BanditEnv, "--env: 'Breakout-v5' has dqn presets, which make_config applied to your env_fn's"),
+    ("Bandit", 42, "env_fn: must be a function making one gymnasium env, or a gymnasium vector env; got int"),
+], ids=["default-name", "preset-name", "not-callable"])
+def test_env_fn_refusals(env, env_fn, says, tmp_path):
+    config = fastrl.make_config(**dict(BANDIT, env=env), run_dir=str(tmp_path / "run"))
+    with pytest.raises(fastrl.ConfigError, match=says):
+        fastrl.train(config, env_fn=env_fn)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_on_env_fn_resumes_only_with_its_env(tmp_path, capsys):
+    run = tmp_path / "run"
+    config = fastrl.make_config(**dict(BANDIT, env="Bandit"), run_dir=str(run))
+    assert fastrl.train(config, env_fn=BanditEnv, callback=lambda row: row["env_step"] < 500)["interrupted"]
+    with pytest.raises(fastrl.ConfigError, match=r"env_fn: the run in .* trained on an env made by env_fn"):
+        fastrl.resume(run)
+    with pytest.raises(fastrl.ConfigError, match="env_fn: its env is not the one the run .* trained on"):
+        fastrl.resume(run, env_fn=ContinuousBanditEnv)
+    capsys.readouterr()
+    assert train_mod.main(["--resume", str(run)]) == 2
+    assert "--resume: this run trained on an env made in Python (env_fn=Bandit)" in capsys.readouterr().err
+    assert evaluate_mod.main([str(run)]) == 2
+    assert "RUN_DIR: this run trained on an env made in Python" in capsys.readouterr().err
+    assert fastrl.resume(run, env_fn=BanditEnv)["env_steps"] == 1500
+
+
+@pytest.mark.parametrize("shape", [(40, 48, 3), (40, 48)], ids=["channel-last", "no-channel"])
+def test_act_takes_images_as_the_env_gives_them(shape, tmp_path):
+    """The learner sees [C, H, W]; act takes the env's own layout and arranges it as fastrl.envs does."""
+    def make():
+        return gym.wrappers.TimeLimit(PatternEnv(shape, np.uint8), max_episode_steps=7)
+
+    config = fastrl.make_config(env="Pattern", total_steps=64, num_envs=2, learning_starts=32, batch_size=8,
+                                buffer_size=128, hidden_sizes=[16], eval_episodes=1, device="cpu", progress=False,
+                                run_dir=str(tmp_path / "run"))
+    fastrl.train(config, env_fn=make)
+    policy = fastrl.load_policy(tmp_path / "run")
+    assert policy.obs_shape == shape and policy.spec.obs_shape == (shape[2] if len(shape) == 3 else 1, 40, 48)
+    envs = TorchVecEnv(spec_from_env_fn(make, "Pattern"), 3, seed=0, device=torch.device("cpu"))
+    learner_obs = envs.reset()
+    for _ in range(2):
+        learner_obs = envs.step(torch.zeros(3, dtype=torch.int64)).next_obs
+    envs.close()
+    raw = np.stack([pattern(shape, t) for t in (2, 2, 2)]).astype(np.uint8)
+    assert policy.act(raw).tolist() == policy.greedy(learner_obs).tolist()
+    assert policy.act(raw[0]) == policy.greedy(learner_obs)[0].item()
+
+# --- spaces fastrl cannot learn from: refused in one line, through the CLI and the API ---
+
+@pytest.mark.parametrize("name", list(UNSUPPORTED))
+def test_unsupported_spaces_are_refused_by_the_cli_and_the_api(name, tmp_path, capsys):
+    obs_space, act_space, algo = UNSUPPORTED[name]
+    space = act_space if isinstance(obs_space, gym.spaces.Box) else obs_space
+    run = tmp_path / "run"
+    assert train_mod.main(["--algo", algo, "--env", f"tests.api_envs:{name}-v0", "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"python -m fastrl.train: error: --env: tests.api_envs:{name}-v0 "
+                                               f"has "), err
+    assert str(space) in err[0] and err[0].endswith(SUPPORTED_SPACES), err
+    with pytest.raises(fastrl.ConfigError) as by_fn:
+        fastrl.train(fastrl.make_config(algo=algo, env=name, run_dir=str(run)), env_fn=UNSUPPORTED_ENVS[name])
+    with pytest.raises(fastrl.ConfigError) as by_id:
+        fastrl.train(fastrl.make_config(algo=algo, env=f"tests.api_envs:{name}-v0", run_dir=str(run)))
+    for caught in (by_fn, by_id):
+        message = str(caught.value)
+        assert "\n" not in message and str(space) in message and message.endswith(SUPPORTED_SPACES), message
+    assert not run.exists()
+
+
+def test_an_unsupported_space_exits_2_from_a_real_process(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "fastrl.train", "--env", "tests.api_envs:DictObs-v0", "--run-dir",
+                          str(tmp_path / "run")], capture_output=True, text=True, timeout=120, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": REPO})
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "observation space Dict" in out.stderr and not (tmp_path / "run").exists()
+
 # --- the README's examples, run as they are ---
 
 def run_example(name, cwd):
@@ -241,3 +367,9 @@ def test_example_load_and_act(tmp_path):
     lines = run_example("load_and_act.py", tmp_path)
     assert lines[0].startswith("greedy episode return: ") and float(lines[0].split(": ")[1]) >= 1
     assert lines[1].startswith("a batch of observations gives a batch of actions: [")
+
+
+def test_example_own_env(tmp_path):
+    lines = run_example("own_env.py", tmp_path)
+    assert lines[0] == "greedy return 1.00 (best possible: 1.00)", lines
+    assert lines[1] == "greedy action in each cell but the last (1 = right): [1 1 1 1 1 1 1]", lines
