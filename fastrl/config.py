@@ -86,6 +86,15 @@ class CommonSettings:
         1_000, "hard update period C: DQN and SAC count gradient updates; DDPG/TD3 count actor updates "
                "(one per --policy-delay critic updates), as their targets move with the actor",
         check=positive_int)
+    n_step: int = setting(1, "n-step returns: bootstrap from n steps ahead, cut at episode ends (computed at "
+                             "sample time)", check=positive_int)
+    prioritized: bool = setting(False, "proportional prioritized replay (a numba sum tree on CPU, a torch one on "
+                                       "a GPU)")
+    per_alpha: float = setting(0.6, "prioritized replay: priority = (|TD error| + eps)^alpha", check=in_range(0, 1))
+    per_beta: float = setting(0.4, "prioritized replay: importance-weight exponent at the start, annealed "
+                                   "linearly to 1 at --total-steps", check=in_range(0, 1))
+    per_eps: float = setting(1e-6, "prioritized replay: added to |TD error| so no sampleable row has priority 0",
+                             check=positive)
     hidden_sizes: tuple[int, ...] = setting((256, 256), "hidden layer sizes, space-separated", check=_hidden_sizes)
     max_grad_norm: float = setting(10.0, "global grad-norm clip (0 = off)", check=non_negative(" (0 disables clipping)"))
     gradients: str = setting(

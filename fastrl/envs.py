@@ -56,6 +56,9 @@ class EnvSpec:
     action_high: tuple[float, ...]
     max_episode_steps: int | None
     obs_layout: str = OBS_AS_IS  # OBS_AS_IS, OBS_CHANNEL_LAST or OBS_NO_CHANNEL
+    # Observations are stacks of this many frames along their leading dim (envpool's Atari: 4),
+    # each a step newer than the one before: the replay buffer stores one frame per transition.
+    frame_stack: int = 1
     # Only for the "callable" and "vector" backends. Not part of what the spec is equal to: two
     # specs of the same spaces describe the same learning problem whoever builds the env.
     env_fn: Callable[..., Any] | None = field(default=None, compare=False, hash=False, repr=False)
@@ -110,12 +113,16 @@ def _obs_layout(env_id: str, obs_space: Any) -> tuple[tuple[int, ...], torch.dty
 
 
 def _spec_from_spaces(env_id: str, backend: str, obs_space: Any, act_space: Any, max_steps: int | None,
-                      env_fn: Callable[..., Any] | None = None) -> EnvSpec:
-    """The spec of these spaces, or a one-line ConfigError for spaces fastrl cannot learn from."""
+                      env_fn: Callable[..., Any] | None = None, stack_num: int = 1) -> EnvSpec:
+    """The spec of these spaces, or a one-line ConfigError for spaces fastrl cannot learn from.
+    `stack_num`: frames per stacked image observation (envpool's Atari), stored once each by the
+    replay buffer."""
     import gymnasium as gym
 
     obs_shape, obs_dtype, layout = _obs_layout(env_id, obs_space)
-    common = {"max_episode_steps": max_steps, "obs_layout": layout, "env_fn": env_fn}
+    image = len(obs_shape) == 3 and obs_dtype == torch.uint8
+    frame_stack = stack_num if image and stack_num > 1 and obs_shape[0] % stack_num == 0 else 1
+    common = {"max_episode_steps": max_steps, "obs_layout": layout, "frame_stack": frame_stack, "env_fn": env_fn}
     if isinstance(act_space, gym.spaces.Discrete):
         if int(act_space.start) != 0:  # the learner's actions are 0..n-1
             raise ConfigError(f"--env: {env_id} has action space {act_space}, whose actions start at "
@@ -174,7 +181,8 @@ def lookup_spec(env_id: str) -> EnvSpec:
         spec = envpool.make_spec(env_id)
         max_steps = getattr(spec.config, "max_episode_steps", None)
         return _spec_from_spaces(env_id, "envpool", spec.gymnasium_observation_space,
-                                 spec.gymnasium_action_space, max_steps)
+                                 spec.gymnasium_action_space, max_steps,
+                                 stack_num=int(getattr(spec.config, "stack_num", 1)))
     gym_ids = _gymnasium_ids()
     if gym_id in gym_ids:
         import gymnasium as gym

@@ -44,7 +44,7 @@ from fastrl.metrics import MetricWindow
 from fastrl.progress import Progress
 from fastrl.registry import ALGORITHMS, build_agent
 from fastrl.runlog import RunLog, played_action_entropy, plot_learning_curve, write_summary
-from fastrl.schedules import train_phase_due
+from fastrl.schedules import linear, train_phase_due
 from fastrl.settings import flag
 
 EXIT_BAD_SETTING = 2
@@ -147,8 +147,9 @@ def check_setup(cfg: TrainConfig, spec_of: Callable[[str], EnvSpec] | None = Non
     check_spec = ALGORITHMS[cfg.algo].check_spec
     if check_spec is not None:
         check_spec(cfg, spec)
-    check_fits(cfg.buffer_size, cfg.num_envs,
-               bytes_per_row(spec.obs_shape, spec.obs_dtype, spec.action_shape, spec.action_dtype), device)
+    row_bytes = bytes_per_row(spec.obs_shape, spec.obs_dtype, spec.action_shape, spec.action_dtype,
+                              frame_stack=spec.frame_stack, n_step=cfg.n_step, prioritized=cfg.prioritized)
+    check_fits(cfg.buffer_size, cfg.num_envs, row_bytes, device, extra_slots=spec.frame_stack - 1 + cfg.n_step)
     return spec, device
 
 
@@ -225,7 +226,8 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
     eval_envs = TorchVecEnv(spec, min(cfg.eval_episodes, MAX_EVAL_ENVS), cfg.seed + 100_003, device)
     agent = build_agent(spec, cfg, device, use_compile)
     buffer = ReplayBuffer(cfg.buffer_size, cfg.num_envs, spec.obs_shape, spec.obs_dtype, spec.action_shape,
-                          spec.action_dtype, device, seed=cfg.seed)
+                          spec.action_dtype, device, seed=cfg.seed, frame_stack=spec.frame_stack, n_step=cfg.n_step,
+                          gamma=cfg.gamma, prioritized=cfg.prioritized, per_alpha=cfg.per_alpha, per_eps=cfg.per_eps)
     obs = envs.reset()
     log = RunLog(run_dir, {**cfg.to_json(), "compile_resolved": use_compile, "device_resolved": str(device)},
                  append=resume is not None)
@@ -235,6 +237,7 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
     print(f"fastrl: {resume_note(resume, cfg)}{cfg.algo} on {cfg.env} ({spec.backend}), seed {cfg.seed}, "
           f"device {device}, compile {use_compile}{', CUDA graph' if cfg.cuda_graph else ''}, "
           f"{cfg.num_envs} envs, {cfg.total_steps} steps, "
+          f"{f'{cfg.n_step}-step returns, ' if cfg.n_step > 1 else ''}{'prioritized replay, ' if cfg.prioritized else ''}"
           f"batch {cfg.batch_size}, {cfg.updates_per_train} updates every {cfg.train_every} vector steps "
           f"(updates/transition {cfg.updates_per_transition:.4g}, replay ratio {cfg.replay_ratio:.4g}); "
           f"run folder {run_dir}", file=sys.stderr)
@@ -271,7 +274,8 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
             # (len(buffer) only binds after a resume without the buffer, which refills it first.)
             if train_phase_due(vector_step, cfg.num_envs, cfg.train_every, learn_from) and len(buffer) > 0:
                 # One index draw for all k mini-batches of the phase.
-                for batch in buffer.sample_batches(cfg.updates_per_train, cfg.batch_size):
+                beta = linear(cfg.per_beta, 1.0, cfg.total_steps, env_step) if cfg.prioritized else None
+                for batch in buffer.sample_batches(cfg.updates_per_train, cfg.batch_size, beta=beta):
                     metrics = agent.update(batch)
                     if batch.indices is not None:  # prioritized replay: the samples' new priorities
                         buffer.update_priorities(batch.indices, metrics.pop("td_abs"))

@@ -190,11 +190,11 @@ def poison(after_calls, how):
         agent = build_dqn(spec, cfg, device, use_compile)
         clean, calls = agent.update_fn, [0]
 
-        def update_fn(obs, actions, rewards, next_obs, terminated, *rest):  # rest: n-step discounts, weights
+        def update_fn(obs, actions, rewards, next_obs, terminated, *replay):
             calls[0] += 1
             if calls[0] == after_calls and how == "reward":
                 rewards = rewards * float("nan")
-            out = clean(obs, actions, rewards, next_obs, terminated, *rest)
+            out = clean(obs, actions, rewards, next_obs, terminated, *replay)
             if calls[0] == after_calls and how == "weight":
                 next(agent.q.parameters()).data.view(-1)[0] = float("inf")
             return out

@@ -46,3 +46,15 @@ def test_flop_ceiling_prints_a_row_per_workload_with_the_matmuls_alone_bound():
         assert float(row[2]) > 0 and 0 < matmuls_ms
         # the replay holds only the update's matrix products, so it cannot take longer by much
         assert matmuls_ms < 2 * update_ms
+
+
+def test_buffer_micro_times_the_prioritized_pair_for_every_sum_tree():
+    out = run_script("scripts/buffer_micro.py", "--per", "--capacity", "20000", "--calls", "5")
+    backends = re.findall(r"^sample\(1, 256\) \+ update_priorities\(256\), +(\w+) tree: +[\d.]+ us$", out, re.M)
+    assert backends == ["numba", "torch", "numpy"], out
+
+
+def test_buffer_micro_times_cpprb_on_the_same_pair():
+    pytest.importorskip("cpprb", reason="cpprb lives in a venv of its own (see scripts/buffer_micro.py)")
+    out = run_script("scripts/buffer_micro.py", "--cpprb", "--capacity", "20000", "--calls", "5")
+    assert re.search(r"^sample\(256\) \+ update_priorities\(256\), cpprb: +[\d.]+ us$", out, re.M), out
