@@ -244,18 +244,19 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"--config: unknown key(s) {', '.join(unknown)} in {str(path)!r}")
     for name, value in settings.items():
-        _check_file_type(name, value, path)
+        check_type(name, value, f" (in {str(path)!r})")
     return settings
 
 
-def _check_file_type(name: str, value: Any, path: Path) -> None:
-    """Flags are typed by argparse; file values are whatever TOML/JSON made of them."""
+def check_type(name: str, value: Any, where: str = "") -> None:
+    """Flags are typed by argparse; file values are whatever TOML/JSON made of them, and the Python
+    API's whatever the caller passed. `where` ends the message."""
     hint = str(FIELDS[name].type)  # annotations are strings (postponed evaluation)
     is_int = isinstance(value, int) and not isinstance(value, bool)
     if value is None and "None" in hint:
         return
     if hint.startswith("tuple"):
-        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
         kind = "a list of integers"
     elif hint.startswith("float"):
         ok, kind = is_int or isinstance(value, float), "a number"
@@ -266,7 +267,7 @@ def _check_file_type(name: str, value: Any, path: Path) -> None:
     else:
         ok, kind = isinstance(value, str), "a string"
     if not ok:
-        raise ConfigError(f"{flag(name)}: must be {kind}, got {value!r} (in {str(path)!r})")
+        raise ConfigError(f"{flag(name)}: must be {kind}, got {value!r}{where}")
 
 
 def validate(cfg: TrainConfig) -> None:
