@@ -99,7 +99,7 @@ class CommonSettings:
     max_grad_norm: float = setting(10.0, "global grad-norm clip (0 = off)", check=non_negative(" (0 disables clipping)"))
     gradients: str = setting(
         "auto", "how gradients are formed: autograd, or the hand-written ReLU-MLP backward (manual; DQN on "
-                "vector observations, DDPG, TD3); auto = manual for those on CPU, autograd elsewhere",
+                "vector observations, DDPG, TD3, SAC); auto = manual for those on CPU, autograd elsewhere",
         choices=GRADIENTS)
     device: str = setting("auto", "auto picks cuda when available", choices=DEVICES)
     threads: int = setting(0, "torch intra-op threads (0 = auto: on CPU, all cores from batch 256 at width 256, "

@@ -64,7 +64,7 @@ def test_make_config_resolves_exactly_as_the_cli():
     (dict(total_steps=2.5), "--total-steps: must be an integer"),
     (dict(hidden_sizes=64), "--hidden-sizes: must be a list of integers"),
     (dict(algo="ppo"), "--algo: unknown algorithm 'ppo'"),
-    (dict(algo="dqn", policy_delay=2), "--policy-delay: a ddpg/td3 setting"),
+    (dict(algo="dqn", policy_delay=2), "--policy-delay: a ddpg/td3/sac setting"),
     (dict(batch_size=256, buffer_size=100), "--batch-size: 256 is larger than --buffer-size 100"),
 ])
 def test_make_config_rejects_bad_settings_in_one_line(settings, hint):
