@@ -1,4 +1,8 @@
-"""Greedy evaluation on separate eval envs, and `python -m fastrl.evaluate RUN_DIR`."""
+"""Evaluation on separate eval envs (made for the "eval" role: Atari plays whole games with
+unclipped rewards), and `python -m fastrl.evaluate RUN_DIR`.
+
+The evaluation policy is the agent's `evaluation_actions` where it has one (DQN: ε-greedy at
+--eval-epsilon, drawn from its own evaluation generator), else its deterministic `greedy`."""
 
 from __future__ import annotations
 
@@ -7,11 +11,20 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from fastrl.envs import TorchVecEnv
+
+
+Policy = Callable[[torch.Tensor], torch.Tensor]  # observations [N, ...] -> actions [N, ...]
+
+
+def evaluation_policy(agent: Any) -> Policy:
+    """How `agent` acts in evaluation: its `evaluation_actions`, or `greedy` if it has none."""
+    return getattr(agent, "evaluation_actions", agent.greedy)
 
 
 @torch.no_grad()
@@ -38,12 +51,12 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std())
 
 
-# --- `python -m fastrl.evaluate RUN_DIR`: greedy episodes from a run's checkpoint ---
+# --- `python -m fastrl.evaluate RUN_DIR`: evaluation episodes from a run's checkpoint ---
 
 def record_gif(policy: Callable[[torch.Tensor], torch.Tensor], env_id: str, obs_shape: tuple[int, ...],
                obs_dtype: torch.dtype, device: torch.device, path: Path, seed: int,
                max_frames: int = 500) -> str | None:
-    """One greedy episode of the gymnasium env `env_id`, rendered to an animated GIF (Pillow, which
+    """One episode of `policy` in the gymnasium env `env_id`, rendered to an animated GIF (Pillow, which
     envpool already installs). Returns why not, when the env cannot be rendered."""
     import gymnasium as gym
 
@@ -90,10 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     from fastrl.registry import build_agent
 
     parser = argparse.ArgumentParser(prog="python -m fastrl.evaluate",
-                                     description="Greedy episodes from a run's checkpoint: mean ± std, and a GIF.")
+                                     description="Evaluation episodes (greedy; DQN: ε-greedy at the run's "
+                                                 "--eval-epsilon) from a run's checkpoint: mean ± std, and a GIF.")
     parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message}\n")  # one line, no usage
     parser.add_argument("run_dir", metavar="RUN_DIR")
-    parser.add_argument("--episodes", type=int, default=10, help="greedy episodes (default 10)")
+    parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes (default 10)")
     parser.add_argument("--seed", type=int, default=None, help="env seed (default: the run's seed + 200003)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     parser.add_argument("--video", action=argparse.BooleanOptionalAction, default=True,
@@ -113,22 +127,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     agent = build_agent(spec, cfg, device, False)
     agent_state = dict(state["agent"])
-    if "generator" in agent_state:  # exploration RNG: unused by greedy play, and its state is device-specific
+    if "generator" in agent_state:  # exploration RNG: unused in evaluation, and its state is device-specific
         agent_state["generator"] = agent.generator.get_state()
     agent.load_state_dict(agent_state)
     seed = args.seed if args.seed is not None else cfg.seed + 200_003
-    envs = TorchVecEnv(spec, min(args.episodes, 16), seed, device)
+    envs = TorchVecEnv(spec, min(args.episodes, 16), seed, device, role="eval")
+    policy = evaluation_policy(agent)
+    policy_name = f"ε-greedy (ε = {cfg.eval_epsilon:g})" if cfg.eval_epsilon else "greedy"  # only DQN sets it
     try:
-        returns = evaluate_policy(agent.greedy, envs, args.episodes)
+        returns = evaluate_policy(policy, envs, args.episodes)
     finally:
         envs.close()
     mean, std = mean_std(returns)
     step = state["counters"]["env_step"]
-    print(f"{cfg.algo} on {cfg.env}, checkpoint at env step {step}: greedy return {mean:.2f} ± {std:.2f} "
-          f"over {len(returns)} episodes")
+    print(f"{cfg.algo} on {cfg.env}, checkpoint at env step {step}: {policy_name} return {mean:.2f} "
+          f"± {std:.2f} over {len(returns)} episodes")
     if args.video:
         gif = Path(args.run_dir) / "eval.gif"
-        why_not = record_gif(agent.greedy, cfg.env, spec.obs_shape, spec.obs_dtype, device, gif, seed)
+        why_not = record_gif(policy, cfg.env, spec.obs_shape, spec.obs_dtype, device, gif, seed)
         print(f"video: {gif}" if why_not is None else f"no video: {why_not}")
     return 0
 
