@@ -237,3 +237,11 @@ def test_the_breakout_preset_follows_cleanrl():
     assert (cfg.eps_start, cfg.eps_end, cfg.eps_fraction, cfg.total_steps) == (1.0, 0.01, 0.1, 10_000_000)
     assert (cfg.loss, cfg.double_dqn, cfg.max_grad_norm) == ("mse", False, 0.0)
     assert (cfg.eval_epsilon, cfg.eval_episodes) == (0.05, 10)
+
+
+def test_agents_without_an_evaluation_policy_evaluate_greedily():
+    from fastrl.td3 import build_td3
+
+    cfg = resolve({"algo": "td3", "env": "Pendulum-v1", "hidden_sizes": (8,), "total_steps": 1_000})
+    agent = build_td3(lookup_spec("Pendulum-v1"), cfg, CPU, False)
+    assert evaluate_mod.evaluation_policy(agent) == agent.greedy
