@@ -47,6 +47,8 @@ class DQNSettings:
     eps_start: float = setting(1.0, "initial epsilon", check=in_range(0, 1))
     eps_end: float = setting(0.05, "final epsilon", check=in_range(0, 1))
     eps_fraction: float = setting(0.1, "fraction of --total-steps over which epsilon decays", check=in_range(0, 1))
+    eval_epsilon: float = setting(0.0, "epsilon of evaluation episodes (0 = greedy; the Atari protocol: 0.05)",
+                                  check=in_range(0, 1))
 
 
 DEFAULTS = {"target_update": "hard", "target_period": 500, "lr": 1e-3}
@@ -64,11 +66,17 @@ PRESETS = {
         "hidden_sizes": (256, 256), "eps_start": 1.0, "eps_end": 0.04, "eps_fraction": 0.16,
         "max_grad_norm": 10.0, "log_every": 5_000, "eval_every": 10_000, "eval_episodes": 10,
     },
+    # CleanRL's dqn_atari.py (the Nature DQN protocol, fastrl.envs.envpool_options): 10M steps,
+    # buffer 1M, batch 32, Adam lr 1e-4, γ 0.99, 80k random steps, one update per 4 transitions
+    # (8 envs: 2 updates every vector step), ε 1 -> 0.01 over the first 10%, MSE loss, plain (not
+    # Double) DQN targets, no gradient clipping, a hard target copy every 1000 env steps (= 250
+    # updates: --target-period counts updates), 10 evaluation games at ε = 0.05.
     "Breakout-v5": {
         "total_steps": 10_000_000, "num_envs": 8, "buffer_size": 1_000_000, "batch_size": 32,
-        "learning_starts": 80_000, "train_every": 1, "updates_per_train": 2, "lr": 1e-4,
-        "target_update": "hard", "target_period": 1_000, "eps_end": 0.01, "eps_fraction": 0.1,
-        "hidden_sizes": (512,), "log_every": 10_000, "eval_episodes": 4,
+        "learning_starts": 80_000, "train_every": 1, "updates_per_train": 2, "lr": 1e-4, "gamma": 0.99,
+        "target_update": "hard", "target_period": 250, "eps_start": 1.0, "eps_end": 0.01, "eps_fraction": 0.1,
+        "loss": "mse", "double_dqn": False, "max_grad_norm": 0.0,
+        "hidden_sizes": (512,), "log_every": 10_000, "eval_episodes": 10, "eval_epsilon": 0.05,
     },
 }
 
@@ -216,6 +224,10 @@ class DQN:
     device: torch.device
     total_updates: int
     greedy_actions: Callable[[torch.Tensor], torch.Tensor]  # obs -> argmax_a Q; compiled with --compile
+    # Evaluation's ε draws, on the device. Not the exploration generator, and not checkpointed (like
+    # the eval envs): how long evaluation games last never shifts the training run's random stream,
+    # so a resumed run still trains exactly as the uninterrupted one.
+    eval_generator: torch.Generator
     updates_done: int = 0
 
     # --- acting ---
@@ -234,9 +246,16 @@ class DQN:
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, env_step: int) -> torch.Tensor:
+        return epsilon_greedy(self.greedy(obs), self.epsilon(env_step), self.spec.num_actions, self.generator)
+
+    @torch.no_grad()
+    def evaluation_actions(self, obs: torch.Tensor) -> torch.Tensor:
+        """ε-greedy at --eval-epsilon (an Atari agent that never presses FIRE after a lost life
+        would stall its game until the time limit); greedy, with no draw at all, at 0."""
         greedy = self.greedy(obs)
-        explore = torch.rand(greedy.shape, generator=self.generator, device=greedy.device) < self.epsilon(env_step)
-        return torch.where(explore, self.random_actions(greedy.shape[0]), greedy)
+        if self.cfg.eval_epsilon == 0.0:
+            return greedy
+        return epsilon_greedy(greedy, self.cfg.eval_epsilon, self.spec.num_actions, self.eval_generator)
 
     # --- learning ---
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -264,6 +283,14 @@ class DQN:
         self.optimizer.load_state_dict(flat_optimizer_state(state["optimizer"]))
         self.updates_done = int(state["updates_done"])
         self.generator.set_state(state["generator"])
+
+
+def epsilon_greedy(greedy: torch.Tensor, epsilon: float, num_actions: int, generator: torch.Generator) -> torch.Tensor:
+    """Each row's greedy action, or with probability ε a uniformly random one (which may be the
+    greedy one too)."""
+    explore = torch.rand(greedy.shape, generator=generator, device=greedy.device) < epsilon
+    random = torch.randint(0, num_actions, greedy.shape, generator=generator, device=greedy.device)
+    return torch.where(explore, random, greedy)
 
 
 def flat_optimizer_state(state: dict) -> dict:
@@ -307,10 +334,13 @@ def build_dqn(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile
     targets = make_target_updater([(q, q_target)], cfg.target_update, cfg.tau, cfg.target_period)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed + 1)
+    eval_generator = torch.Generator(device=device)
+    eval_generator.manual_seed(cfg.seed + 2)
     # The acting policy is compiled with the update (so that on CUDA its small kernels can fuse); the
     # epsilon draw stays eager, as it uses the agent's generator.
     greedy = torch.compile(make_greedy(q)) if use_compile else make_greedy(q)
-    return DQN(spec, cfg, q, q_target, optimizer, targets, update_fn, generator, device, planned_updates(cfg), greedy)
+    return DQN(spec, cfg, q, q_target, optimizer, targets, update_fn, generator, device, planned_updates(cfg), greedy,
+               eval_generator)
 
 
 ALGORITHMS = (

@@ -10,6 +10,11 @@ old episode -> first obs of the new one) out of the replay buffer.
 
 Observations reach the learner in one of two forms: images, uint8 [C, H, W] (channel-last and
 channel-less uint8 frames are brought to that layout here), or float32 vectors of any shape.
+
+envpool's Atari envs are made with the Nature DQN / CleanRL protocol (`envpool_options`): for
+training, a lost life ends the learner's episode (terminated) and rewards are clipped to their
+sign, while the episode statistics follow the whole game and its unclipped score; for evaluation,
+full games with unclipped rewards.
 """
 
 from __future__ import annotations
@@ -292,6 +297,52 @@ def check_autoreset_mode(envs: Any, name: str, required: bool) -> None:
                           f"AutoresetMode.NEXT_STEP (in its metadata['autoreset_mode'])")
 
 
+# --- env options per role ---
+
+ROLES = ("train", "eval")
+# The Nature DQN / CleanRL Atari protocol, in envpool's own options (envpool 1.2.5 defaults given
+# explicitly, so that the protocol does not move with them): up to 30 no-ops after a game's reset,
+# FIRE after every reset where the game has a FIRE action, no sticky actions. envpool's 4-frame
+# skip with max-pooling, 84x84 grey frames, 4-frame stacks and 27,000-step (108k-frame) game limit
+# are its defaults and left as they are (`EnvSpec.frame_stack` is read from them).
+ATARI_PROTOCOL = {"noop_max": 30, "use_fire_reset": True, "repeat_action_probability": 0.0}
+ATARI_ROLE_OPTIONS = {
+    # A lost life ends the learner's episode (terminated), the game goes on; rewards clipped to their sign.
+    "train": {"episodic_life": True, "reward_clip": True},
+    # Whole games, their unclipped score.
+    "eval": {"episodic_life": False, "reward_clip": False},
+}
+
+
+@functools.lru_cache(maxsize=None)
+def is_envpool_atari(env_id: str) -> bool:
+    """Whether `env_id` is envpool's Atari task: the one whose config takes life-loss ends and
+    reward clipping."""
+    if env_id not in _envpool_ids():
+        return False
+    import envpool
+
+    config = envpool.make_spec(env_id).config
+    return all(hasattr(config, key) for key in (*ATARI_PROTOCOL, *ATARI_ROLE_OPTIONS["train"]))
+
+
+def envpool_options(spec: EnvSpec, role: str) -> dict[str, Any]:
+    """The keyword arguments `envpool.make_gymnasium` gets for `spec`'s envs of this `role`
+    ("train" or "eval"): the Atari protocol for envpool's Atari ids, {} for every other env."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    if spec.backend != "envpool" or not is_envpool_atari(spec.env_id):
+        return {}
+    return {**ATARI_PROTOCOL, **ATARI_ROLE_OPTIONS[role]}
+
+
+def scores_whole_games(options: dict[str, Any]) -> bool:
+    """Whether envs made with `options` end the learner's episodes before the game ends, or clip
+    its rewards: then the episode statistics follow the game (envpool's `info["terminated"]`,
+    game over, and `info["reward"]`, the unclipped reward) instead of the learner's episodes."""
+    return bool(options.get("episodic_life") or options.get("reward_clip"))
+
+
 def reset_seed(seed: int, reset_count: int) -> int:
     """The seed of a gymnasium vector env's `reset_count`-th reset: `seed` first, then a fresh one
     derived from both, so each evaluation plays new episodes and a fixed seed plays the same ones."""
@@ -311,20 +362,25 @@ class _EnvpoolDirectIO:
 
     ACTION_KEYS = ["env_id", "players.env_id", "action"]
     STATE_KEYS = ("obs", "reward", "done", "trunc", "info:env_id")
+    GAME_KEYS = ("info:reward", "info:terminated")  # Atari: the unclipped reward, game over
 
-    def __init__(self, envs, env_ids: np.ndarray):
+    def __init__(self, envs, env_ids: np.ndarray, game_info: bool = False):
         keys = list(envs._state_keys)
         self._obs, self._reward, self._done, self._trunc, self._env_id = (keys.index(k) for k in self.STATE_KEYS)
+        self._game = tuple(keys.index(k) for k in self.GAME_KEYS) if game_info else None
         self._action_dtype = np.dtype(envs._spec._action_spec[-1][0])
         self._env_ids = env_ids  # int32, every env: the ids of the envs acted on, and their players
         self._send, self._recv = envs._send, envs._recv
+        self.game_info: tuple[np.ndarray, np.ndarray] | None = None  # of the last recv, with game_info
 
     @classmethod
-    def create(cls, envs, env_ids: np.ndarray) -> _EnvpoolDirectIO | None:
+    def create(cls, envs, env_ids: np.ndarray, game_info: bool = False) -> _EnvpoolDirectIO | None:
+        """`game_info`: each `recv` also leaves envpool's Atari game info in `self.game_info`."""
         try:
-            fits = (list(envs._action_keys) == cls.ACTION_KEYS and all(k in envs._state_keys for k in cls.STATE_KEYS)
+            needed = cls.STATE_KEYS + (cls.GAME_KEYS if game_info else ())
+            fits = (list(envs._action_keys) == cls.ACTION_KEYS and all(k in envs._state_keys for k in needed)
                     and envs.config.get("max_num_players", 1) == 1)
-            return cls(envs, env_ids) if fits else None
+            return cls(envs, env_ids, game_info) if fits else None
         except (AttributeError, TypeError, ValueError):  # another envpool version: use its public API
             return None
 
@@ -335,6 +391,8 @@ class _EnvpoolDirectIO:
         """obs, reward, terminated, truncated, env_id (the order the rows came back in)."""
         state = self._recv()
         trunc = state[self._trunc]
+        if self._game is not None:
+            self.game_info = (state[self._game[0]], state[self._game[1]])
         return state[self._obs], state[self._reward], state[self._done] & ~trunc, trunc, state[self._env_id]
 
 
@@ -408,15 +466,23 @@ class TorchVecEnv:
     Tracks episode returns and lengths per env; finished episodes are collected with
     `pop_finished_episodes()`. Each `reset()` starts fresh episodes, seeded: the first from `seed`,
     later ones from `reset_seed(seed, n)` (envpool, seeded once when made, does the same).
+
+    `role` ("train" or "eval") picks the env options (`envpool_options`). Where those end the
+    learner's episodes before the game's end or clip rewards (Atari training envs), the tracked
+    episodes are the games: their unclipped score, summed over lives, and their length, to game
+    over or the time limit.
     """
 
-    def __init__(self, spec: EnvSpec, num_envs: int, seed: int, device: torch.device):
+    def __init__(self, spec: EnvSpec, num_envs: int, seed: int, device: torch.device, role: str = "train"):
         self.spec = spec
         self.num_envs = num_envs
         self.seed = seed
         self.device = device
+        self.role = role
+        self.options = envpool_options(spec, role)
+        self._game_info = scores_whole_games(self.options)
         self._owns_envs = not isinstance(spec.env_fn, ReadyVectorEnv)
-        self._envs = self._make(spec, num_envs, seed)
+        self._envs = self._make(spec, num_envs, seed, self.options)
         self._resets = 0
         self._ended_last_step = np.zeros(num_envs, dtype=bool)
         self._reset_pending = False  # whether _ended_last_step has any True
@@ -429,17 +495,18 @@ class TorchVecEnv:
         self._staging = StepStaging(num_envs, spec.obs_shape, spec.obs_dtype, device)
         self._env_ids = np.arange(num_envs, dtype=np.int32)
         self._env_ids_bytes = self._env_ids.tobytes()
-        self._direct = _EnvpoolDirectIO.create(self._envs, self._env_ids) if spec.backend == "envpool" else None
+        self._direct = (_EnvpoolDirectIO.create(self._envs, self._env_ids, self._game_info)
+                        if spec.backend == "envpool" else None)
         self._sent_once = False
 
     @staticmethod
-    def _make(spec: EnvSpec, num_envs: int, seed: int):
+    def _make(spec: EnvSpec, num_envs: int, seed: int, options: dict[str, Any]):
         import gymnasium as gym
 
         if spec.backend == "envpool":
             import envpool
 
-            envs = envpool.make_gymnasium(spec.env_id, num_envs=num_envs, seed=seed)
+            envs = envpool.make_gymnasium(spec.env_id, num_envs=num_envs, seed=seed, **options)
             check_autoreset_mode(envs, spec.env_id, required=False)
             return envs
         # copy=False: every observation is copied into the staging buffer anyway
@@ -504,41 +571,53 @@ class TorchVecEnv:
         if self.spec.backend == "envpool":
             if self._direct is not None:
                 obs, reward, terminated, truncated, order = self._direct.recv()
+                game = self._direct.game_info
             else:
                 obs, reward, terminated, truncated, info = self._envs.recv()
                 order = np.asarray(info["env_id"])
-            obs, reward, terminated, truncated = self._in_env_order(order, obs, reward, terminated, truncated)
+                game = (info["reward"], info["terminated"]) if self._game_info else None
+            obs, reward, terminated, truncated, *game = self._in_env_order(order, obs, reward, terminated, truncated,
+                                                                           *(game or ()))
         else:
             obs, reward, terminated, truncated, _ = self._envs.step(self._pending_actions)
-        return self._record(obs, reward, terminated, truncated)
+            game = ()
+        return self._record(obs, reward, terminated, truncated, *game)
 
     def step(self, actions: torch.Tensor) -> VecStep:
         self.send(actions)
         return self.recv()
 
-    def _record(self, obs: np.ndarray, reward: np.ndarray, terminated: np.ndarray,
-                truncated: np.ndarray) -> VecStep:
+    def _record(self, obs: np.ndarray, reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,
+                game_reward: np.ndarray | None = None, game_over: np.ndarray | None = None) -> VecStep:
+        """`game_reward`, `game_over` (Atari envs that score whole games): the unclipped reward and
+        whether the game is over; the episode statistics follow them. Without them the learner's
+        episodes are the ones tracked."""
         # Every step of a 1-env TD3 run passes here: the usual case (no episode boundary) is
         # kept to a few whole-array operations.
         is_reset_step = self._ended_last_step  # never mutated: each step makes a new array
         terminated = np.asarray(terminated, dtype=bool)
         truncated = np.asarray(truncated, dtype=bool)
         reward = np.asarray(reward, dtype=np.float32)
-        ended = terminated | truncated
+        ended = terminated | truncated  # the learner's episode ends: the next step is the auto-reset step
+        if game_over is None:
+            score, scored_end = reward, ended
+        else:  # a game ends at game over or the time limit, which each end the learner's episode too
+            score, scored_end = game_reward, np.asarray(game_over, dtype=bool) | truncated
         if self._reset_pending:
             real = ~is_reset_step
-            self._episode_return[real] += reward[real]
+            self._episode_return[real] += score[real]
             self._episode_length[real] += 1
             ended &= real
+            scored_end &= real  # (the same array as `ended`, without game info)
         else:
-            self._episode_return += reward
+            self._episode_return += score
             self._episode_length += 1
         self._reset_pending = bool(np.count_nonzero(ended))
-        if self._reset_pending:
-            for i in np.flatnonzero(ended):
+        if self._reset_pending and (scored_end is ended or np.count_nonzero(scored_end)):
+            for i in np.flatnonzero(scored_end):
                 self._finished.append((int(i), float(self._episode_return[i]), int(self._episode_length[i])))
-            self._episode_return[ended] = 0.0
-            self._episode_length[ended] = 0
+            self._episode_return[scored_end] = 0.0
+            self._episode_length[scored_end] = 0
         self._ended_last_step = ended
         next_obs, reward_t, terminated_t = self._staging.stage(_to_learner_layout(obs, self.spec.obs_layout),
                                                                reward, terminated)

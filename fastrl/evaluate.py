@@ -1,4 +1,8 @@
-"""Greedy evaluation on separate eval envs, and `python -m fastrl.evaluate RUN_DIR`."""
+"""Evaluation on separate eval envs (made for the "eval" role: Atari plays whole games with
+unclipped rewards), and `python -m fastrl.evaluate RUN_DIR`.
+
+The evaluation policy is the agent's `evaluation_actions` where it has one (DQN: ε-greedy at
+--eval-epsilon, drawn from its own evaluation generator), else its deterministic `greedy`."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -16,6 +20,14 @@ from fastrl.envs import TorchVecEnv
 
 if TYPE_CHECKING:
     from fastrl.policy import Policy
+
+
+ActFn = Callable[[torch.Tensor], torch.Tensor]  # observations [N, ...] -> actions [N, ...]
+
+
+def evaluation_policy(agent: Any) -> ActFn:
+    """How `agent` acts in evaluation: its `evaluation_actions`, or `greedy` if it has none."""
+    return getattr(agent, "evaluation_actions", agent.greedy)
 
 
 @torch.no_grad()
@@ -42,7 +54,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std())
 
 
-# --- `python -m fastrl.evaluate RUN_DIR`: greedy episodes from a run's checkpoint ---
+# --- `python -m fastrl.evaluate RUN_DIR`: evaluation episodes from a run's checkpoint ---
 
 def record_gif(policy: Policy, env_id: str, path: Path, seed: int, max_frames: int = 500) -> str | None:
     """One greedy episode of the gymnasium env `env_id`, rendered to an animated GIF (Pillow, which
@@ -87,10 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     from fastrl.policy import policy_from_checkpoint
 
     parser = argparse.ArgumentParser(prog="python -m fastrl.evaluate",
-                                     description="Greedy episodes from a run's checkpoint: mean ± std, and a GIF.")
+                                     description="Evaluation episodes (greedy; DQN: ε-greedy at the run's "
+                                                 "--eval-epsilon) from a run's checkpoint: mean ± std, and a GIF.")
     parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message}\n")  # one line, no usage
     parser.add_argument("run_dir", metavar="RUN_DIR")
-    parser.add_argument("--episodes", type=int, default=10, help="greedy episodes (default 10)")
+    parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes (default 10)")
     parser.add_argument("--seed", type=int, default=None, help="env seed (default: the run's seed + 200003)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     parser.add_argument("--video", action=argparse.BooleanOptionalAction, default=True,
@@ -112,14 +125,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg, spec, device = policy.config, policy.spec, policy.device
     seed = args.seed if args.seed is not None else cfg.seed + 200_003
-    envs = TorchVecEnv(spec, min(args.episodes, 16), seed, device)
+    envs = TorchVecEnv(spec, min(args.episodes, 16), seed, device, role="eval")
     try:
-        returns = evaluate_policy(policy.greedy, envs, args.episodes)
+        returns = evaluate_policy(evaluation_policy(policy.agent), envs, args.episodes)
     finally:
         envs.close()
     mean, std = mean_std(returns)
-    print(f"{cfg.algo} on {cfg.env}, checkpoint at env step {policy.env_step}: greedy return {mean:.2f} ± {std:.2f} "
-          f"over {len(returns)} episodes")
+    policy_name = f"ε-greedy (ε = {cfg.eval_epsilon:g})" if cfg.eval_epsilon else "greedy"  # only DQN sets it
+    print(f"{cfg.algo} on {cfg.env}, checkpoint at env step {policy.env_step}: {policy_name} return {mean:.2f} "
+          f"± {std:.2f} over {len(returns)} episodes")
     if args.video:
         gif = Path(args.run_dir) / "eval.gif"
         why_not = record_gif(policy, cfg.env, gif, seed)

@@ -37,7 +37,7 @@ from fastrl.config import (
     resolve, resolve_device, validate, validate_for_env,
 )
 from fastrl.envs import EnvSpec, TorchVecEnv, lookup_spec
-from fastrl.evaluate import evaluate_policy, mean_std
+from fastrl.evaluate import evaluate_policy, evaluation_policy, mean_std
 from fastrl.finite import NonFiniteError, check_metrics, check_weights
 from fastrl.interrupts import StopRequest, stop_on_signals
 from fastrl.metrics import MetricWindow
@@ -223,7 +223,7 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
     start = RunCounters(**resume["counters"]) if resume is not None else RunCounters()
 
     envs = TorchVecEnv(spec, cfg.num_envs, env_seed(cfg.seed, start.env_step), device)
-    eval_envs = TorchVecEnv(spec, min(cfg.eval_episodes, MAX_EVAL_ENVS), cfg.seed + 100_003, device)
+    eval_envs = TorchVecEnv(spec, min(cfg.eval_episodes, MAX_EVAL_ENVS), cfg.seed + 100_003, device, role="eval")
     agent = build_agent(spec, cfg, device, use_compile)
     buffer = ReplayBuffer(cfg.buffer_size, cfg.num_envs, spec.obs_shape, spec.obs_dtype, spec.action_shape,
                           spec.action_dtype, device, seed=cfg.seed, frame_stack=spec.frame_stack, n_step=cfg.n_step,
@@ -293,7 +293,7 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
             evaluation = None
             if done or (cfg.eval_every and env_step - last_eval_step >= cfg.eval_every):
                 t_eval = time.perf_counter()
-                eval_returns = evaluate_policy(agent.greedy, eval_envs, cfg.eval_episodes)
+                eval_returns = evaluate_policy(evaluation_policy(agent), eval_envs, cfg.eval_episodes)
                 eval_s += time.perf_counter() - t_eval
                 evaluation = mean_std(eval_returns)
                 best_eval = max(best_eval, evaluation[0])

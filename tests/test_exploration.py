@@ -29,22 +29,31 @@ def test_epsilon_follows_the_linear_schedule(step, expected):
     assert _agent().exploration(step) == {"epsilon": pytest.approx(expected, abs=1e-12)}
 
 
-@pytest.mark.parametrize("step", [0, 2000, 4000])
-def test_act_explores_uniformly_at_rate_epsilon(step):
-    agent = _agent()
-    obs = torch.randn(1, 4).expand(40_000, 4).contiguous()  # one state: one greedy action
-    greedy = int(agent.greedy(obs[:1])[0])
-    actions = agent.act(obs, step)
-    eps, n = agent.epsilon(step), len(actions)
-    counts = torch.bincount(actions, minlength=NUM_ACTIONS).double()
-    # Each action is drawn with probability eps / A, the greedy one also with 1 - eps.
-    p = torch.full((NUM_ACTIONS,), eps / NUM_ACTIONS, dtype=torch.float64)
+def one_state(n: int = 40_000) -> torch.Tensor:
+    """n rows of one observation: one greedy action."""
+    return torch.randn(1, 4, generator=torch.Generator().manual_seed(5)).expand(n, 4).contiguous()
+
+
+def assert_epsilon_greedy(actions: torch.Tensor, greedy: int, eps: float, num_actions: int) -> None:
+    """Actions played in one state: each drawn with probability eps / A, the greedy one also with
+    1 - eps (within 5 sigma)."""
+    n = len(actions)
+    counts = torch.bincount(actions, minlength=num_actions).double()
+    p = torch.full((num_actions,), eps / num_actions, dtype=torch.float64)
     p[greedy] += 1 - eps
     sigma = torch.sqrt(n * p * (1 - p))
     assert torch.all((counts - n * p).abs() <= 5 * sigma), (counts, n * p)
     non_greedy = 1 - counts[greedy] / n
-    expected = eps * (NUM_ACTIONS - 1) / NUM_ACTIONS
+    expected = eps * (num_actions - 1) / num_actions
     assert abs(non_greedy - expected) <= 5 * math.sqrt(expected * (1 - expected) / n)
+
+
+@pytest.mark.parametrize("step", [0, 2000, 4000])
+def test_act_explores_uniformly_at_rate_epsilon(step):
+    agent = _agent()
+    obs = one_state()
+    greedy = int(agent.greedy(obs[:1])[0])
+    assert_epsilon_greedy(agent.act(obs, step), greedy, agent.epsilon(step), NUM_ACTIONS)
 
 
 def test_exploration_is_seeded():
