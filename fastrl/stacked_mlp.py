@@ -73,12 +73,29 @@ def relu_(h: torch.Tensor) -> torch.Tensor:
     return h.relu_()
 
 
-def relu_backward_(g: torch.Tensor, x: torch.Tensor) -> None:
-    """ReLU's gradient in place: keep g where the layer's output x (post-ReLU) is positive. A bf16
-    pair goes through its int16 views, as in `relu_` (x's int16 is positive exactly where x is)."""
+def _relu_backward_aten(g: torch.Tensor, x: torch.Tensor) -> None:
+    """ReLU's gradient in place: g = 0 where the layer's output x (post-ReLU) is <= 0, through
+    aten's out= overload (not a public API). A bf16 pair goes through its int16 views, as in
+    `relu_` (x's int16 is positive exactly where x is)."""
     if g.dtype == torch.bfloat16:
         g, x = g.view(torch.int16), x.view(torch.int16)
     torch.ops.aten.threshold_backward.grad_input(g, x, 0, grad_input=g)
+
+
+def _relu_backward_public(g: torch.Tensor, x: torch.Tensor) -> None:
+    """The same, public API: a mask tensor more."""
+    g.masked_fill_(x <= 0, 0.0)
+
+
+def _has_threshold_backward_out() -> bool:
+    try:
+        return torch.ops.aten.threshold_backward.grad_input is not None
+    except (AttributeError, RuntimeError):
+        return False
+
+
+# Chosen once: the aten overload where torch has it (every version this project runs).
+relu_backward_ = _relu_backward_aten if _has_threshold_backward_out() else _relu_backward_public
 
 
 def low_precision_layers(sizes: list[int]) -> tuple[int, ...]:

@@ -32,7 +32,7 @@ from fastrl.cuda_graph import GraphedUpdate
 from fastrl.fused_adam import FusedAdam, clip_grad_norm_, flatten_parameters_, rebuildable_views
 from fastrl.learner import PRECISIONS, autocast, clip_and_step, grads_into_
 from fastrl.schedules import learning_rate, planned_updates
-from fastrl.settings import non_negative, optional, positive, positive_int, setting
+from fastrl.settings import ConfigError, non_negative, optional, positive, positive_int, setting
 from fastrl.stacked_mlp import StackedMLP, Trace, backward
 from fastrl.targets import TargetUpdater, make_target_updater
 
@@ -70,6 +70,12 @@ PRESETS = {
 }
 
 
+def check_spec(cfg: TrainConfig, spec: EnvSpec) -> None:
+    if spec.is_image:
+        raise ConfigError(f"--env: {cfg.env} observes images and --algo {cfg.algo}'s networks are MLPs over vector "
+                          f"observations; use --algo dqn for image observations")
+
+
 def uses_manual_gradients(cfg: TrainConfig, device: torch.device) -> bool:
     """The hand-written MLP backward: asked for, or `auto` on CPU."""
     return cfg.gradients == "manual" or (cfg.gradients == "auto" and device.type == "cpu")
@@ -100,15 +106,24 @@ def smooth_target_action(target_action: torch.Tensor, normal: torch.Tensor, std:
     return torch.clamp(target_action + torch.clamp(normal * std, -clip, clip), low, high)
 
 
-def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tensor, gamma: float) -> torch.Tensor:
+def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tensor,
+              gamma: float | torch.Tensor) -> torch.Tensor:
     """r + γ (1 − terminated) min_e Q⁻_e(s', ã), next_q being [E, B]. With two critics the min is
-    TD3's clipped double Q; with one it is DDPG's target. Truncation still bootstraps. In fp32."""
+    TD3's clipped double Q; with one it is DDPG's target. Truncation still bootstraps. `gamma` may
+    be γ^m per sample (n-step returns). In fp32."""
     return rewards + gamma * (1.0 - terminated) * next_q.float().amin(dim=0)
 
 
-def critic_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Sum over critics of each critic's mean squared TD error; q is [E, B], target [B]. In fp32."""
-    return (q.float() - target.float()).square().mean(dim=1).sum()
+def critic_loss(q: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum over critics of each critic's mean squared TD error; q is [E, B], target [B]; with
+    `weights` (importance weights, [B]), each critic's weighted mean. In fp32."""
+    squared = (q.float() - target.float()).square()
+    return (squared if weights is None else squared * weights).mean(dim=1).sum()
+
+
+def td_abs(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """|TD error| per sample, averaged over the critics: the sample's new priority. In fp32."""
+    return (q.float() - target.float()).abs().mean(dim=0)
 
 
 Net = Callable[..., torch.Tensor]
@@ -117,7 +132,8 @@ Net = Callable[..., torch.Tensor]
 @torch.no_grad()
 def bootstrap_target(critic_target: Net, actor_target: Net, rewards: torch.Tensor, next_obs: torch.Tensor,
                      terminated: torch.Tensor, normal: torch.Tensor | None, smoothing_std: torch.Tensor,
-                     smoothing_clip: torch.Tensor, low: torch.Tensor, high: torch.Tensor, gamma: float) -> torch.Tensor:
+                     smoothing_clip: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
+                     gamma: float | torch.Tensor) -> torch.Tensor:
     """The critics' regression target, through the target nets (smoothed when `normal` is given)."""
     next_actions = actor_target(next_obs)
     if normal is not None:
@@ -128,13 +144,18 @@ def bootstrap_target(critic_target: Net, actor_target: Net, rewards: torch.Tenso
 def critic_loss_of(critic: Net, critic_target: Net, actor_target: Net, obs: torch.Tensor, actions: torch.Tensor,
                    rewards: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor,
                    normal: torch.Tensor | None, smoothing_std: torch.Tensor, smoothing_clip: torch.Tensor,
-                   low: torch.Tensor, high: torch.Tensor, gamma: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                   low: torch.Tensor, high: torch.Tensor, gamma: float | torch.Tensor,
+                   weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The critics' loss against the clipped-double-Q target (TD3), or one critic's (DDPG: no
-    `normal`, no smoothing). Critics map [B, obs + act] to [E, B, 1]."""
+    `normal`, no smoothing). Critics map [B, obs + act] to [E, B, 1]. With `weights`, the metrics
+    carry each sample's |TD error| ("td_abs") for its new priority."""
     target = bootstrap_target(critic_target, actor_target, rewards, next_obs, terminated, normal, smoothing_std,
                               smoothing_clip, low, high, gamma)
     q = critic(critic_input(obs, actions))[..., 0]
-    return critic_loss(q, target), {"mean_q": q.detach().mean()}
+    metrics = {"mean_q": q.detach().mean()}
+    if weights is not None:
+        metrics["td_abs"] = td_abs(q.detach(), target)
+    return critic_loss(q, target, weights), metrics
 
 
 def actor_loss_of(actor: Net, critic: Net, obs: torch.Tensor) -> torch.Tensor:
@@ -188,6 +209,24 @@ def _grads(net: StackedMLP) -> tuple[Callable[[], list[torch.Tensor]], Callable[
     return rebuildable_views([w.grad for w in net.weights]), rebuildable_views([b.grad for b in net.biases])
 
 
+def manual_critic_step(critic: StackedMLP, critic_opt: FusedAdam, weight_grads: list[torch.Tensor],
+                       bias_grads: list[torch.Tensor], obs: torch.Tensor, actions: torch.Tensor, target: torch.Tensor,
+                       weights: torch.Tensor | None, max_grad_norm: float) -> dict[str, torch.Tensor]:
+    """Regress every critic on `target` (`critic_loss`) with the backward written out, clip, step;
+    the metrics "loss", "mean_q", "grad_norm" and, with importance `weights`, "td_abs"."""
+    q_out, trace = critic.forward_traced(critic_input(obs, actions))
+    q = q_out[..., 0].float()  # the output layer multiplies in fp32 (`low_precision_layers`)
+    metrics = {"loss": critic_loss(q, target, weights), "mean_q": q.mean()}
+    d_q = (2.0 / q.shape[1]) * (q - target)
+    if weights is not None:
+        metrics["td_abs"] = td_abs(q, target)
+        d_q = d_q * weights
+    backward(trace, d_q.unsqueeze(-1), weight_grads, bias_grads)
+    metrics["grad_norm"] = clip_and_step(critic_opt, max_grad_norm)
+    critic.weights_changed()
+    return metrics
+
+
 def make_manual_update(actor: Actor, critic: StackedMLP, actor_target: Actor, critic_target: StackedMLP,
                        critic_opt: FusedAdam, actor_opt: FusedAdam, gamma: float,
                        smoothing: bool, policy_noise: float, noise_clip: float, max_grad_norm: float) -> UpdateFn:
@@ -203,19 +242,15 @@ def make_manual_update(actor: Actor, critic: StackedMLP, actor_target: Actor, cr
 
     @torch.no_grad()
     def update(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
-               terminated: torch.Tensor, normal: torch.Tensor | None,
-               update_actor: bool) -> dict[str, torch.Tensor]:
+               terminated: torch.Tensor, normal: torch.Tensor | None, update_actor: bool,
+               discount: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         batch = rewards.shape[0]
         # Critic: regress every critic on the shared clipped-double-Q target.
         target = bootstrap_target(critic_target.infer, actor_target.infer, rewards, next_obs, terminated,
-                                  normal if smoothing else None, smoothing_std, smoothing_clip, low, high, gamma)
-        q_out, trace = critic.forward_traced(critic_input(obs, actions))
-        q = q_out[..., 0]
-        loss = critic_loss(q, target)
-        backward(trace, ((2.0 / batch) * (q - target)).unsqueeze(-1), critic_w_grads(), critic_b_grads())
-        grad_norm = clip_and_step(critic_opt, max_grad_norm)
-        critic.weights_changed()
-        metrics = {"loss": loss, "mean_q": q.mean(), "grad_norm": grad_norm}
+                                  normal if smoothing else None, smoothing_std, smoothing_clip, low, high,
+                                  gamma if discount is None else discount)
+        metrics = manual_critic_step(critic, critic_opt, critic_w_grads(), critic_b_grads(), obs, actions, target,
+                                     weights, max_grad_norm)
 
         if update_actor:  # decided by the host's update counter, never by a tensor
             # Actor: ascend Q₁(s, μ(s)) through the freshly updated critic. Only dQ/da is needed
@@ -247,11 +282,12 @@ def make_autograd_update(actor: Actor, critic: StackedMLP, actor_target: Actor, 
     smoothing_std, smoothing_clip = box_fraction(policy_noise, low, high), box_fraction(noise_clip, low, high)
 
     def update(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
-               terminated: torch.Tensor, normal: torch.Tensor | None, update_actor: bool) -> dict[str, torch.Tensor]:
+               terminated: torch.Tensor, normal: torch.Tensor | None, update_actor: bool,
+               discount: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         with autocast(low.device, dtype):
             loss, metrics = critic_loss_of(critic, critic_target, actor_target, obs, actions, rewards, next_obs,
                                            terminated, normal if smoothing else None, smoothing_std, smoothing_clip,
-                                           low, high, gamma)
+                                           low, high, gamma if discount is None else discount, weights)
         grads_into_(loss, critic_params, critic_opt.grads[0])
         metrics = {"loss": loss.detach(), **metrics, "grad_norm": clip_and_step(critic_opt, max_grad_norm)}
         if update_actor:  # decided by the host's update counter, never by a tensor
@@ -321,7 +357,7 @@ class TD3:
         normal = (torch.randn(batch.actions.shape, generator=self.generator, device=self.device)
                   if self.smoothing else None)
         metrics = self.update_fn(batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminated,
-                                 normal, update_actor)
+                                 normal, update_actor, batch.discount, batch.weights)
         self.updates_done += 1
         if update_actor:
             # Targets move with the actor (every policy_delay critic updates), as in TD3.
@@ -397,7 +433,8 @@ _NOTES = "--target-period counts actor updates (targets move with the actor)"
 ALGORITHMS = (
     Algorithm("ddpg", discrete=False, build=build_ddpg, section=TD3Settings,
               reads=("exploration_noise", "policy_delay", "actor_lr"), defaults=DDPG_DEFAULTS, presets=PRESETS,
-              notes=_NOTES),
+              check_spec=check_spec, notes=_NOTES),
     Algorithm("td3", discrete=False, build=build_td3, section=TD3Settings,
-              reads=tuple(TD3Settings.__dataclass_fields__), defaults=TD3_DEFAULTS, presets=PRESETS, notes=_NOTES),
+              reads=tuple(TD3Settings.__dataclass_fields__), defaults=TD3_DEFAULTS, presets=PRESETS,
+              check_spec=check_spec, notes=_NOTES),
 )

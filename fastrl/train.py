@@ -1,6 +1,9 @@
 """`python -m fastrl.train`: the front door. The loop in `train()` reads top to bottom:
 collect a vector step, store it, every `train_every` steps run k updates, log, evaluate,
-checkpoint, and stop early if a signal asked for it.
+checkpoint, and stop early if a signal (or the Python API's callback) asked for it.
+
+From Python this module is also the function `fastrl.train(config, ...)` (see `fastrl.api`): a
+package cannot hold a function and a submodule under one name, so the module is callable.
 
 Exit codes: 0 done, 2 a bad setting (nothing was started), 3 NaN/Inf in training (the last good
 checkpoint is kept), 130 / 143 stopped by SIGINT / SIGTERM (checkpoint written; `--resume` it).
@@ -14,7 +17,9 @@ import math
 import shlex
 import sys
 import time
+import types
 import typing
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,26 +29,28 @@ import torch
 
 from fastrl.buffer import ReplayBuffer, bytes_per_row, check_fits
 from fastrl.checkpoint import (
-    CHECKPOINT_NAME, RunCounters, env_seed, load_run_checkpoint, save_checkpoint, set_rng_state, training_payload,
+    CHECKPOINT_NAME, RunCounters, env_seed, load_run_checkpoint, made_by_env_fn, save_checkpoint, set_rng_state,
+    training_payload,
 )
 from fastrl.config import (
     FIELDS, ConfigError, TrainConfig, auto_threads, config_from_checkpoint, describe_presets, load_config_file,
     resolve, resolve_device, validate, validate_for_env,
 )
 from fastrl.envs import EnvSpec, TorchVecEnv, lookup_spec
-from fastrl.evaluate import evaluate_policy, mean_std
+from fastrl.evaluate import evaluate_policy, evaluation_policy, mean_std
 from fastrl.finite import NonFiniteError, check_metrics, check_weights
 from fastrl.interrupts import StopRequest, stop_on_signals
 from fastrl.metrics import MetricWindow
 from fastrl.progress import Progress
 from fastrl.registry import ALGORITHMS, build_agent
 from fastrl.runlog import RunLog, played_action_entropy, plot_learning_curve, write_summary
-from fastrl.schedules import train_phase_due
+from fastrl.schedules import linear, train_phase_due
 from fastrl.settings import flag
 
 EXIT_BAD_SETTING = 2
 TORCH_DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice (the cores), before any run changes it
 EXIT_NON_FINITE = 3
+MAX_EVAL_ENVS = 16  # evaluation runs min(--eval-episodes, this) envs side by side
 # Settings a resumed run may change: neither alters what the run computes up to its old end.
 RESUME_OVERRIDES = ("total_steps", "progress")
 
@@ -88,26 +95,37 @@ def config_from_namespace(args: argparse.Namespace, notes: list[str] | None = No
     settings: dict[str, Any] = load_config_file(args.config) if args.config else {}
     settings.update(_given(args))
     cfg = resolve(settings, notes)
-    if cfg.run_dir and (Path(cfg.run_dir) / CHECKPOINT_NAME).exists():
-        raise ConfigError(f"--run-dir: {cfg.run_dir!r} already holds a run; continue it with "
-                          f"--resume {shlex.quote(cfg.run_dir)} or choose another folder")
+    check_new_run_dir(cfg)
     return cfg
 
 
+def check_new_run_dir(cfg: TrainConfig) -> None:
+    if cfg.run_dir and (Path(cfg.run_dir) / CHECKPOINT_NAME).exists():
+        raise ConfigError(f"--run-dir: {cfg.run_dir!r} already holds a run; continue it with "
+                          f"--resume {shlex.quote(cfg.run_dir)} or choose another folder")
+
+
 def resume_config(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
-    """The config and checkpoint of the run in `args.resume`. A resumed run keeps its settings:
-    only RESUME_OVERRIDES may be given; anything else would silently make it a different run."""
-    state = load_run_checkpoint(args.resume)
     if args.config:
         raise ConfigError("--config: cannot be combined with --resume; a resumed run keeps the settings "
                           "saved in its checkpoint (see RUN_DIR/config.json)")
-    given = _given(args)
+    cfg, state = resume_run(args.resume, _given(args))
+    if made_by_env_fn(state.get("env_spec")):
+        raise ConfigError(f"--resume: this run trained on an env made in Python (env_fn={cfg.env}), which the "
+                          f"command line cannot rebuild; resume it from Python: fastrl.resume(RUN_DIR, env_fn=...)")
+    return cfg, state
+
+
+def resume_run(run_dir: str | Path, given: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+    """The config and checkpoint of the run in `run_dir`. A resumed run keeps its settings: only
+    RESUME_OVERRIDES may be given; anything else would silently make it a different run."""
+    state = load_run_checkpoint(run_dir)
     changed = sorted(set(given) - set(RESUME_OVERRIDES))
     if changed:
         flags = ", ".join("--" + name.replace("_", "-") for name in changed)
         raise ConfigError(f"{flags.split(', ')[0]}: cannot be changed when resuming (got {flags}); with --resume "
                           f"only --total-steps (to extend the run) and --progress/--no-progress are allowed")
-    settings = {**state["config"], **given, "run_dir": str(args.resume)}
+    settings = {**state["config"], **given, "run_dir": str(run_dir)}
     cfg = config_from_checkpoint(settings, "--resume")
     reached = int(state["counters"]["env_step"])
     if cfg.total_steps < reached:
@@ -116,20 +134,22 @@ def resume_config(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]
     return cfg, state
 
 
-def check_setup(cfg: TrainConfig) -> tuple[EnvSpec, torch.device]:
-    """Everything that can go wrong before envs and models exist. Raises ConfigError."""
+def check_setup(cfg: TrainConfig, spec_of: Callable[[str], EnvSpec] | None = None) -> tuple[EnvSpec, torch.device]:
+    """Everything that can go wrong before envs and models exist. Raises ConfigError. `spec_of`
+    (default `lookup_spec`) makes the spec from `cfg.env`: the API passes one for a user's env."""
     validate(cfg)
     device = resolve_device(cfg.device)
     if cfg.cuda_graph and device.type != "cuda":
         raise ConfigError(f"--cuda-graph: needs a CUDA device, and this run's device is {device.type} "
                           f"(--device {cfg.device}); drop --cuda-graph or use --device cuda")
-    spec = lookup_spec(cfg.env)
+    spec = (spec_of or lookup_spec)(cfg.env)
     validate_for_env(cfg, spec.discrete)
     check_spec = ALGORITHMS[cfg.algo].check_spec
     if check_spec is not None:
         check_spec(cfg, spec)
-    check_fits(cfg.buffer_size, cfg.num_envs,
-               bytes_per_row(spec.obs_shape, spec.obs_dtype, spec.action_shape, spec.action_dtype), device)
+    row_bytes = bytes_per_row(spec.obs_shape, spec.obs_dtype, spec.action_shape, spec.action_dtype,
+                              frame_stack=spec.frame_stack, n_step=cfg.n_step, prioritized=cfg.prioritized)
+    check_fits(cfg.buffer_size, cfg.num_envs, row_bytes, device, extra_slots=spec.frame_stack - 1 + cfg.n_step)
     return spec, device
 
 
@@ -156,12 +176,13 @@ def end_segment(buffer: ReplayBuffer, obs: torch.Tensor, spec: EnvSpec) -> None:
     buffer.add(obs, actions, zeros, zeros, valid=np.zeros(n, dtype=bool))
 
 
-def write_checkpoint(run_dir: Path, cfg: TrainConfig, agent: Any, buffer: ReplayBuffer,
+def write_checkpoint(run_dir: Path, cfg: TrainConfig, spec: EnvSpec, agent: Any, buffer: ReplayBuffer,
                      counters: RunCounters) -> None:
     agent_state = agent.state_dict()
     check_weights(agent_state, counters.env_step, agent.updates_done)  # never replace a good checkpoint with NaNs
     buffer_state = buffer.state_dict() if cfg.checkpoint_buffer else None
-    save_checkpoint(run_dir / CHECKPOINT_NAME, training_payload(cfg.to_json(), counters, agent_state, buffer_state))
+    save_checkpoint(run_dir / CHECKPOINT_NAME,
+                    training_payload(cfg.to_json(), counters, agent_state, buffer_state, spec))
 
 
 def restore(state: dict[str, Any], agent: Any, buffer: ReplayBuffer) -> None:
@@ -183,8 +204,10 @@ def resume_note(resume: dict[str, Any] | None, cfg: TrainConfig) -> str:
 
 
 def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
-          stop: StopRequest | None = None, resume: dict[str, Any] | None = None) -> dict[str, Any]:
+          stop: StopRequest | None = None, resume: dict[str, Any] | None = None,
+          callback: Callable[[dict[str, Any]], bool | None] | None = None) -> dict[str, Any]:
     """Run (or, given a checkpoint as `resume`, continue) training to `cfg.total_steps`.
+    `callback(row)` sees each metrics row; returning False stops the run as a signal does.
 
     Every `checkpoint_every` env steps the running episodes are cut and the envs rebuilt from
     `env_seed(seed, env_step)`; an uninterrupted run does this too, so a run resumed from that
@@ -200,10 +223,11 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
     start = RunCounters(**resume["counters"]) if resume is not None else RunCounters()
 
     envs = TorchVecEnv(spec, cfg.num_envs, env_seed(cfg.seed, start.env_step), device)
-    eval_envs = TorchVecEnv(spec, min(cfg.eval_episodes, 16), cfg.seed + 100_003, device)
+    eval_envs = TorchVecEnv(spec, min(cfg.eval_episodes, MAX_EVAL_ENVS), cfg.seed + 100_003, device, role="eval")
     agent = build_agent(spec, cfg, device, use_compile)
     buffer = ReplayBuffer(cfg.buffer_size, cfg.num_envs, spec.obs_shape, spec.obs_dtype, spec.action_shape,
-                          spec.action_dtype, device, seed=cfg.seed)
+                          spec.action_dtype, device, seed=cfg.seed, frame_stack=spec.frame_stack, n_step=cfg.n_step,
+                          gamma=cfg.gamma, prioritized=cfg.prioritized, per_alpha=cfg.per_alpha, per_eps=cfg.per_eps)
     obs = envs.reset()
     log = RunLog(run_dir, {**cfg.to_json(), "compile_resolved": use_compile, "device_resolved": str(device)},
                  append=resume is not None)
@@ -213,6 +237,7 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
     print(f"fastrl: {resume_note(resume, cfg)}{cfg.algo} on {cfg.env} ({spec.backend}), seed {cfg.seed}, "
           f"device {device}, compile {use_compile}{', CUDA graph' if cfg.cuda_graph else ''}, "
           f"precision {cfg.precision}, {cfg.num_envs} envs, {cfg.total_steps} steps, "
+          f"{f'{cfg.n_step}-step returns, ' if cfg.n_step > 1 else ''}{'prioritized replay, ' if cfg.prioritized else ''}"
           f"batch {cfg.batch_size}, {cfg.updates_per_train} updates every {cfg.train_every} vector steps "
           f"(updates/transition {cfg.updates_per_transition:.4g}, replay ratio {cfg.replay_ratio:.4g}); "
           f"run folder {run_dir}", file=sys.stderr)
@@ -249,8 +274,12 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
             # (len(buffer) only binds after a resume without the buffer, which refills it first.)
             if train_phase_due(vector_step, cfg.num_envs, cfg.train_every, learn_from) and len(buffer) > 0:
                 # One index draw for all k mini-batches of the phase.
-                for batch in buffer.sample_batches(cfg.updates_per_train, cfg.batch_size):
-                    window.add(agent.update(batch))
+                beta = linear(cfg.per_beta, 1.0, cfg.total_steps, env_step) if cfg.prioritized else None
+                for batch in buffer.sample_batches(cfg.updates_per_train, cfg.batch_size, beta=beta):
+                    metrics = agent.update(batch)
+                    if batch.indices is not None:  # prioritized replay: the samples' new priorities
+                        buffer.update_priorities(batch.indices, metrics.pop("td_abs"))
+                    window.add(metrics)
 
             step = envs.recv()
             buffer.add(obs, actions, step.reward, step.terminated, valid=~step.is_reset_step)
@@ -264,7 +293,7 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
             evaluation = None
             if done or (cfg.eval_every and env_step - last_eval_step >= cfg.eval_every):
                 t_eval = time.perf_counter()
-                eval_returns = evaluate_policy(agent.greedy, eval_envs, cfg.eval_episodes)
+                eval_returns = evaluate_policy(evaluation_policy(agent), eval_envs, cfg.eval_episodes)
                 eval_s += time.perf_counter() - t_eval
                 evaluation = mean_std(eval_returns)
                 best_eval = max(best_eval, evaluation[0])
@@ -290,6 +319,8 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
                     **agent.exploration(env_step),
                 }
                 log.write(row)
+                if callback is not None and callback(dict(row)) is False:
+                    stop.by_caller = True  # as a signal does: a checkpoint below, then out
                 check_metrics(means, env_step, agent.updates_done)  # a NaN in any update makes its mean NaN
                 progress.update(env_step - start.env_step, row)
                 window.reset()
@@ -305,13 +336,13 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
                 envs.close()
                 envs = TorchVecEnv(spec, cfg.num_envs, env_seed(cfg.seed, env_step), device)
                 obs = envs.reset()
-                write_checkpoint(run_dir, cfg, agent, buffer, counters())
+                write_checkpoint(run_dir, cfg, spec, agent, buffer, counters())
                 saved_at = env_step
             if stop.requested:
                 break
         if saved_at != env_step:  # the end, or a stop between checkpoints
             end_segment(buffer, obs, spec)
-            write_checkpoint(run_dir, cfg, agent, buffer, counters())
+            write_checkpoint(run_dir, cfg, spec, agent, buffer, counters())
             saved_at = env_step
     except NonFiniteError as exc:
         failure = exc
@@ -351,13 +382,18 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
     return summary
 
 
+def checkpoint_kept(summary: dict[str, Any]) -> str:
+    saved, run_dir = summary["checkpoint_env_step"], summary["run_dir"]
+    return (f"the last good checkpoint (env step {saved}) is kept in {run_dir}" if saved is not None
+            else f"no checkpoint had been written yet in {run_dir}")
+
+
 def report(summary: dict[str, Any]) -> int:
     """One line on stderr saying how the run ended; returns the exit code."""
     run_dir = summary["run_dir"]
     resume_cmd = f"python -m fastrl.train --resume {shlex.quote(run_dir)}"
     saved = summary["checkpoint_env_step"]
-    kept = (f"the last good checkpoint (env step {saved}) is kept in {run_dir}" if saved is not None
-            else f"no checkpoint had been written yet in {run_dir}")
+    kept = checkpoint_kept(summary)
     if summary["error"]:
         print(f"python -m fastrl.train: error: {summary['error']}; stopped, {kept}. Try a lower --lr or "
               f"--max-grad-norm, and check the env's rewards and observations for NaN/Inf", file=sys.stderr)
@@ -405,5 +441,16 @@ def main(argv: list[str] | None = None) -> int:
     return report(summary)
 
 
+class _CallableModule(types.ModuleType):
+    def __call__(self, config: TrainConfig, *, env_fn: Any = None,
+                 callback: Callable[[dict[str, Any]], bool | None] | None = None) -> dict[str, Any]:
+        """`fastrl.train(config, env_fn=None, callback=None)`: see `fastrl.api.train`."""
+        from fastrl.api import train as api_train
+
+        return api_train(config, env_fn=env_fn, callback=callback)
+
+
 if __name__ == "__main__":
     sys.exit(main())
+else:
+    sys.modules[__name__].__class__ = _CallableModule

@@ -1,6 +1,6 @@
 """FLOPs per update, this machine's GEMM rate, and what fraction of that ceiling fastrl reaches.
 
-    python scripts/flop_ceiling.py                      # TD3 and DDPG Pendulum (peer settings), DQN CartPole
+    python scripts/flop_ceiling.py                      # TD3, DDPG, SAC Pendulum (peer settings), DQN CartPole
     python scripts/flop_ceiling.py --threads 1 2
     python scripts/flop_ceiling.py --precision bf16     # the bf16 updates against the bf16 GEMM rate
 
@@ -34,12 +34,18 @@ from fastrl.config import resolve  # noqa: E402
 from fastrl.dqn import build_dqn  # noqa: E402
 from fastrl.envs import lookup_spec  # noqa: E402
 from fastrl.learner import PRECISIONS  # noqa: E402
+from fastrl.sac import build_sac  # noqa: E402
 from fastrl.td3 import build_ddpg, build_td3  # noqa: E402
 
-WORKLOADS = {  # peer settings: batch 256, 256-256 (TD3/DDPG); CleanRL's DQN CartPole net
+WORKLOADS = {  # peer settings: batch 256, 256-256 (TD3/DDPG/SAC); CleanRL's DQN CartPole net
     "td3": (build_td3, dict(algo="td3", env="Pendulum-v1", batch_size=256, hidden_sizes=(256, 256), policy_delay=2)),
     "ddpg": (build_ddpg, dict(algo="ddpg", env="Pendulum-v1", batch_size=256, hidden_sizes=(256, 256))),
     "dqn": (build_dqn, dict(algo="dqn", env="CartPole-v1", batch_size=128, hidden_sizes=(120, 84))),
+    # SAC: the actor and α every update (policy delay 1), both update paths
+    "sac": (build_sac, dict(algo="sac", env="Pendulum-v1", batch_size=256, hidden_sizes=(256, 256),
+                            gradients="manual")),
+    "sac-autograd": (build_sac, dict(algo="sac", env="Pendulum-v1", batch_size=256, hidden_sizes=(256, 256),
+                                     gradients="autograd")),
 }
 
 
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="fastrl's --precision")
     args = parser.parse_args(argv)
     dtype = PRECISIONS[args.precision]
-    print(f"{'threads':>7} {'algo':>5} {'MFLOP/update':>12} {'GEMM GFLOP/s':>12} {'ceiling upd/s':>13} "
+    print(f"{'threads':>7} {'algo':>12} {'MFLOP/update':>12} {'GEMM GFLOP/s':>12} {'ceiling upd/s':>13} "
           f"{'update ms':>9} {'upd/s':>7} {'of ceiling':>10} {'matmuls alone ms':>16} {'their upd/s':>11}")
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.algos:
             r = measure(name, args.repeats, args.precision)
             ceiling = rate / r["flops"]
-            print(f"{threads:>7} {name:>5} {r['flops'] / 1e6:>12.1f} {rate / 1e9:>12.1f} {ceiling:>13.0f} "
+            print(f"{threads:>7} {name:>12} {r['flops'] / 1e6:>12.1f} {rate / 1e9:>12.1f} {ceiling:>13.0f} "
                   f"{r['update_s'] * 1e3:>9.3f} {1 / r['update_s']:>7.0f} {1 / r['update_s'] / ceiling:>10.0%} "
                   f"{r['matmuls_s'] * 1e3:>16.3f} {1 / r['matmuls_s']:>11.0f}")
     # For reference: the two precisions' GEMM rates here (fastrl's --precision; the peers train in fp32).
