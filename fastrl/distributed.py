@@ -6,18 +6,16 @@ update path goes through) each net's flat gradient is averaged over the ranks wi
 all_reduce, so every rank takes the same step; rank 0's weights are broadcast once at the start,
 so the ranks hold the same weights throughout (checked by a checksum every log window).
 
-What the settings mean under N ranks. The ranks step in lockstep, so together they are one
-vector env of N x --num-envs envs training on mini-batches of N x --batch-size rows
-(`whole_run`):
-- per rank (what one process holds): --num-envs, --batch-size, --buffer-size, --threads. A rank's
-  update costs what it costs in a plain run, and its replay shard covers as many vector steps as
-  a plain run's buffer does;
-- for the whole run (counted in env steps of all ranks): --total-steps, --learning-starts,
-  --log-every, --eval-every, --checkpoint-every, and the schedules (epsilon over --total-steps,
-  the linear lr over the run's planned updates);
-- so N ranks make 1/N as many updates as a plain run, each on an N times larger global batch:
-  the replay ratio (samples trained on per sample collected) stays, updates per transition drop
-  by N. --updates-per-train N times larger keeps the update count instead.
+Every setting means what it means in a plain run: N ranks run the same training, split N ways.
+--num-envs, --batch-size and --buffer-size are the run's; each rank steps 1/N of the envs,
+samples 1/N of every mini-batch (from its own shard) and holds 1/N of the replay capacity
+(`rank_share`; envs and batch must split evenly). --total-steps, --learning-starts, the log,
+eval and checkpoint periods and the schedules count the run's env steps, as always. So the
+update count, the global batch, updates per transition and the replay ratio are those of the
+same command without torchrun: results compare with plain runs, and the averaged gradient of N
+slices of B/N rows is the gradient of one mini-batch of B rows (each slice drawn from one
+rank's shard: stratified by rank, the same distribution). To train a bigger batch or more envs
+on more ranks, raise --batch-size / --num-envs as you would in one process.
 
 Besides the gradients, the collectives are few and small: one all_reduce of a stop flag every
 STOP_CHECK_EVERY vector steps (so every rank stops at the same update), one all_gather per log
@@ -36,6 +34,8 @@ import dataclasses
 import datetime
 import math
 import os
+import re
+import shlex
 import signal
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -48,7 +48,7 @@ import torch.distributed as dist
 
 from fastrl.checkpoint import CHECKPOINT_NAME, load_run_checkpoint
 from fastrl.interrupts import StopRequest
-from fastrl.settings import ConfigError
+from fastrl.settings import ConfigError, flag
 
 if TYPE_CHECKING:
     from fastrl.config import TrainConfig
@@ -132,8 +132,15 @@ def rank_device(world: World, device: torch.device) -> torch.device:
 
 
 def check_settings(world: World, cfg: TrainConfig) -> None:
-    """What a data-parallel run cannot do (yet). Raises ConfigError."""
-    if world.active and cfg.cuda_graph:
+    """What a data-parallel run needs, and cannot do (yet). Raises ConfigError."""
+    if not world.active:
+        return
+    for name, what in (("num_envs", "envs"), ("batch_size", "mini-batch rows")):
+        value = getattr(cfg, name)
+        if value % world.size:
+            raise ConfigError(f"{flag(name)}: {value} {what} do not split evenly over {world.size} ranks (each takes "
+                              f"1/{world.size}); use a multiple of {world.size}")
+    if cfg.cuda_graph:
         raise ConfigError(f"--cuda-graph: not available with {world.size} ranks yet (the gradient all_reduce would "
                           f"be captured into the graph, which has not been tried on a GPU); drop --cuda-graph")
 
@@ -168,6 +175,7 @@ def collective(what: str) -> Iterator[None]:
         yield
     except RuntimeError as exc:  # torch.distributed.DistError and gloo's errors are RuntimeErrors
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = re.sub(r"^\[[^\]]*\] ", "", reason)  # gloo's "[.../pair.cc:553] " source location
         rank, timeout_s = (_group.world.rank, _group.timeout_s) if _group is not None else ("?", math.nan)
         raise PeerLostError(f"rank {rank}: {what} failed ({reason[:160]}); another rank crashed, hung for more "
                             f"than --collective-timeout {timeout_s:g} s, or lost its connection") from None
@@ -190,14 +198,13 @@ def checkpoint_name(rank: int) -> str:
     return CHECKPOINT_NAME if rank == 0 else CHECKPOINT_NAME.replace(".pt", f"-rank{rank}.pt")
 
 
-def whole_run(cfg: TrainConfig, world: World) -> TrainConfig:
-    """The run as one process would count it: N ranks stepping --num-envs envs each in lockstep are
-    one vector env of N x num_envs envs, and their averaged gradients are those of one mini-batch of
-    N x batch_size rows. Its vector steps, planned updates, updates per transition and replay ratio
-    are the run's; the agent's schedules (lr over the planned updates) count with it."""
+def rank_share(cfg: TrainConfig, world: World) -> TrainConfig:
+    """What one rank holds of the run: 1/N of its envs, of each mini-batch and of the replay
+    capacity (rounded up). Everything else, and every count of env steps, stays the run's."""
     if not world.active:
         return cfg
-    return dataclasses.replace(cfg, num_envs=cfg.num_envs * world.size, batch_size=cfg.batch_size * world.size)
+    return dataclasses.replace(cfg, num_envs=cfg.num_envs // world.size, batch_size=cfg.batch_size // world.size,
+                               buffer_size=-(-cfg.buffer_size // world.size))
 
 
 def episode_share(episodes: int, world: World) -> int:
@@ -210,8 +217,9 @@ def rank_resume_state(world: World, run_dir: str | Path, main_state: dict[str, A
     holds the settings); the run must be resumed with the world size it was trained with."""
     saved = int(main_state.get("world_size", 1))
     if saved != world.size:
-        launch = (f"torchrun with {saved} processes in all (e.g. torchrun --nproc-per-node {saved} -m fastrl.train "
-                  f"--resume {run_dir})" if saved > 1 else f"one process (python -m fastrl.train --resume {run_dir})")
+        command = f"-m fastrl.train --resume {shlex.quote(str(run_dir))}"
+        launch = (f"torchrun with {saved} processes in all (e.g. torchrun --nproc-per-node {saved} {command})"
+                  if saved > 1 else f"one process (python {command})")
         raise ConfigError(f"--resume: {str(run_dir)!r} was trained with {saved} rank(s) and this launch has "
                           f"{world.size}; resume it with {launch}")
     if world.is_main:

@@ -132,9 +132,10 @@ def resume_config(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]
     return cfg, state
 
 
-def check_setup(cfg: TrainConfig) -> tuple[EnvSpec, torch.device]:
+def check_setup(cfg: TrainConfig, world: distributed.World = distributed.SINGLE) -> tuple[EnvSpec, torch.device]:
     """Everything that can go wrong before envs and models exist. Raises ConfigError."""
     validate(cfg)
+    distributed.check_settings(world, cfg)
     device = resolve_device(cfg.device)
     if cfg.cuda_graph and device.type != "cuda":
         raise ConfigError(f"--cuda-graph: needs a CUDA device, and this run's device is {device.type} "
@@ -144,7 +145,8 @@ def check_setup(cfg: TrainConfig) -> tuple[EnvSpec, torch.device]:
     check_spec = ALGORITHMS[cfg.algo].check_spec
     if check_spec is not None:
         check_spec(cfg, spec)
-    check_fits(cfg.buffer_size, cfg.num_envs,
+    mine = distributed.rank_share(cfg, world)  # the replay shard this process allocates
+    check_fits(mine.buffer_size, mine.num_envs,
                bytes_per_row(spec.obs_shape, spec.obs_dtype, spec.action_shape, spec.action_dtype), device)
     return spec, device
 
@@ -201,11 +203,11 @@ def resume_note(resume: dict[str, Any] | None, cfg: TrainConfig) -> str:
             f"steps before learning); ")
 
 
-def describe_scale(cfg: TrainConfig, run: TrainConfig, world: distributed.World) -> str:
+def describe_scale(cfg: TrainConfig, mine: TrainConfig, world: distributed.World) -> str:
     if not world.active:
         return f"{cfg.num_envs} envs, {cfg.total_steps} steps, batch {cfg.batch_size}"
-    return (f"{world.size} ranks x {cfg.num_envs} envs, {cfg.total_steps} steps in all, batch {cfg.batch_size} per "
-            f"rank (global batch {run.batch_size})")
+    return (f"{world.size} ranks: {cfg.num_envs} envs ({mine.num_envs} per rank), {cfg.total_steps} steps, "
+            f"global batch {cfg.batch_size} ({mine.batch_size} per rank)")
 
 
 def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
@@ -217,26 +219,25 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
     `env_seed(seed, env_step)`; an uninterrupted run does this too, so a run resumed from that
     checkpoint (with the buffer) continues exactly as the uninterrupted one does.
 
-    With N ranks (`world`), every rank runs this loop in lockstep on its own envs and replay
-    shard: `cfg` is what one rank holds, `run` counts the whole run (N x num_envs envs per vector
-    step, a global batch of N x batch_size)."""
+    With N ranks (`world`), every rank runs this loop in lockstep on its share of the envs, of each
+    mini-batch and of the replay capacity (`mine`); `cfg` stays the run's, and so do the counts."""
     run_dir = Path(distributed.from_main(world, cfg.run_dir or str(default_run_dir(cfg))))
     cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
-    run = distributed.whole_run(cfg, world)
+    mine = distributed.rank_share(cfg, world)  # a plain run: cfg
     seed = distributed.rank_seed(cfg.seed, world.rank)  # the run's seed on rank 0
     stop = stop if stop is not None else StopRequest()  # no handler: never requested
     use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
     if cfg.threads or device.type == "cpu":
-        torch.set_num_threads(cfg.threads or auto_threads(cfg.batch_size, cfg.hidden_sizes, TORCH_DEFAULT_THREADS))
+        torch.set_num_threads(cfg.threads or auto_threads(mine.batch_size, cfg.hidden_sizes, TORCH_DEFAULT_THREADS))
     torch.manual_seed(seed)
     np.random.seed(seed)
     start = RunCounters(**resume["counters"]) if resume is not None else RunCounters()
 
-    envs = TorchVecEnv(spec, cfg.num_envs, env_seed(seed, start.env_step), device)
+    envs = TorchVecEnv(spec, mine.num_envs, env_seed(seed, start.env_step), device)
     eval_share = distributed.episode_share(cfg.eval_episodes, world)  # each rank plays its part of the episodes
     eval_envs = TorchVecEnv(spec, max(1, min(eval_share, 16)), seed + 100_003, device)
-    agent = build_agent(spec, dataclasses.replace(run, seed=seed), device, use_compile)
-    buffer = ReplayBuffer(cfg.buffer_size, cfg.num_envs, spec.obs_shape, spec.obs_dtype, spec.action_shape,
+    agent = build_agent(spec, dataclasses.replace(cfg, seed=seed), device, use_compile)
+    buffer = ReplayBuffer(mine.buffer_size, mine.num_envs, spec.obs_shape, spec.obs_dtype, spec.action_shape,
                           spec.action_dtype, device, seed=seed)
     obs = envs.reset()
     log = RunLog(run_dir, {**cfg.to_json(), "compile_resolved": use_compile, "device_resolved": str(device)},
@@ -248,8 +249,8 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
     if world.is_main:
         print(f"fastrl: {resume_note(resume, cfg)}{cfg.algo} on {cfg.env} ({spec.backend}), seed {cfg.seed}, "
               f"device {device}, compile {use_compile}{', CUDA graph' if cfg.cuda_graph else ''}, "
-              f"{describe_scale(cfg, run, world)}, {cfg.updates_per_train} updates every {cfg.train_every} vector "
-              f"steps (updates/transition {run.updates_per_transition:.4g}, replay ratio {run.replay_ratio:.4g}); "
+              f"{describe_scale(cfg, mine, world)}, {cfg.updates_per_train} updates every {cfg.train_every} vector "
+              f"steps (updates/transition {cfg.updates_per_transition:.4g}, replay ratio {cfg.replay_ratio:.4g}); "
               f"run folder {run_dir}", file=sys.stderr)
 
     action_low = torch.tensor(spec.action_low, device=device) if not spec.discrete else None
@@ -275,29 +276,29 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
                            start.wall_s + time.perf_counter() - t_start)
 
     try:
-        for vector_step in range(start.vector_step, run.num_vector_steps):
+        for vector_step in range(start.vector_step, cfg.num_vector_steps):
             if env_step < cfg.learning_starts:
-                actions = agent.random_actions(cfg.num_envs)
+                actions = agent.random_actions(mine.num_envs)
             else:
                 actions = agent.act(obs, env_step)
             envs.send(actions)  # envpool's threads step the envs while the learner trains below
 
             # (len(buffer) only binds after a resume without the buffer, which refills it first.)
-            if train_phase_due(vector_step, run.num_envs, cfg.train_every, learn_from) and len(buffer) > 0:
+            if train_phase_due(vector_step, cfg.num_envs, cfg.train_every, learn_from) and len(buffer) > 0:
                 # One index draw for all k mini-batches of the phase.
-                for batch in buffer.sample_batches(cfg.updates_per_train, cfg.batch_size):
+                for batch in buffer.sample_batches(cfg.updates_per_train, mine.batch_size):
                     window.add(agent.update(batch))
 
             step = envs.recv()
             buffer.add(obs, actions, step.reward, step.terminated, valid=~step.is_reset_step)
             obs = step.next_obs
-            env_step += run.num_envs  # every rank's envs
+            env_step += cfg.num_envs  # every rank's envs
             window_actions.append(actions)
 
             window_episodes += envs.pop_finished_episodes()
             halt = distributed.agree_stop(world, stop, vector_step)
-            done = vector_step == run.num_vector_steps - 1
-            save_now = not done and checkpoint_due(env_step, run.num_envs, cfg.checkpoint_every)
+            done = vector_step == cfg.num_vector_steps - 1
+            save_now = not done and checkpoint_due(env_step, cfg.num_envs, cfg.checkpoint_every)
             evaluation = None
             if done or (cfg.eval_every and env_step - last_eval_step >= cfg.eval_every):
                 t_eval = time.perf_counter()
@@ -343,7 +344,7 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
                 # (seed, env_step): a run resumed from this checkpoint rebuilds the same ones.
                 end_segment(buffer, obs, spec)
                 envs.close()
-                envs = TorchVecEnv(spec, cfg.num_envs, env_seed(seed, env_step), device)
+                envs = TorchVecEnv(spec, mine.num_envs, env_seed(seed, env_step), device)
                 obs = envs.reset()
                 write_checkpoint(run_dir, cfg, agent, buffer, counters(), world)
                 saved_at = env_step
@@ -376,12 +377,12 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
         "final_eval_returns": eval_returns,
         "best_eval_return_mean": best_eval if math.isfinite(best_eval) else math.nan,
         "buffer_bytes_per_transition": buffer.bytes_per_transition,
-        "buffer_bytes": buffer.nbytes,
-        "updates_per_transition": run.updates_per_transition, "replay_ratio": run.replay_ratio,
-        "world_size": world.size, "global_batch_size": run.batch_size,
+        "buffer_bytes": buffer.nbytes * world.size,  # every rank's shard is the same size
+        "updates_per_transition": cfg.updates_per_transition, "replay_ratio": cfg.replay_ratio,
+        "world_size": world.size, "batch_size_per_rank": mine.batch_size,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "torch_version": torch.__version__, "compile": use_compile,
-        "interrupted": (halt.requested and vector_step + 1 < run.num_vector_steps) or forced_stop,
+        "interrupted": (halt.requested and vector_step + 1 < cfg.num_vector_steps) or forced_stop,
         "stop_signal": halt.name or stop.name or None, "exit_code": halt.exit_code if halt.requested else 0,
         "forced_stop": forced_stop, "error": str(failure) if failure else None,
         "checkpoint_env_step": saved_at, "resumed_from_env_step": start.env_step if resume is not None else None,
@@ -439,8 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg, resume = resume_config(args) if args.resume else (config_from_namespace(args, notes), None)
         if resume is not None:
             resume = distributed.rank_resume_state(world, args.resume, resume)
-        distributed.check_settings(world, cfg)
-        spec, device = check_setup(cfg)
+        spec, device = check_setup(cfg, world)
         device = distributed.rank_device(world, device)
     except ConfigError as exc:
         print(f"python -m fastrl.train: error: {exc}", file=sys.stderr)

@@ -35,8 +35,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
 def run_args(run_dir, total, *extra):
-    """A tiny CartPole DQN: 2 envs per rank, an update per vector step, a checkpoint every 1000 steps."""
-    return ["--env", "CartPole-v1", "--total-steps", str(total), "--num-envs", "2", "--checkpoint-every", "1000",
+    """A tiny CartPole DQN: 4 envs (2 per rank), an update per vector step, a checkpoint every 1000 steps."""
+    return ["--env", "CartPole-v1", "--total-steps", str(total), "--num-envs", "4", "--checkpoint-every", "1000",
             "--checkpoint-buffer", "--learning-starts", "200", "--train-every", "1", "--updates-per-train", "1",
             "--batch-size", "32", "--hidden-sizes", "32", "--buffer-size", "10000", "--eval-episodes", "3",
             "--log-every", "500", "--device", "cpu", "--no-progress", "--collective-timeout", str(TIMEOUT),
@@ -186,7 +186,7 @@ def test_sigint_to_torchrun_stops_both_ranks_at_one_step_and_resumes_with_two(pr
     assert_replicas_identical(states)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["interrupted"] and summary["env_steps"] == stopped and summary["world_size"] == 2
-    assert summary["global_batch_size"] == 64
+    assert summary["batch_size_per_rank"] == 16
 
     # Another world size is refused, in one line, before anything is built.
     assert train_mod.main(["--resume", str(run)]) == 2  # this process: one rank
@@ -301,13 +301,17 @@ def test_episode_shares_add_up():
             assert sum(shares) == episodes and max(shares) - min(shares) <= 1
 
 
-def test_whole_run_counts_every_rank():
-    cfg = train_mod.resolve({"total_steps": 60_000})  # the CartPole preset: 8 envs, batch 128
-    run = distributed.whole_run(cfg, distributed.World(0, 2))
-    assert run.num_vector_steps == 60_000 // 16 and run.batch_size == 256
-    assert run.updates_per_transition == cfg.updates_per_transition / 2
-    assert run.replay_ratio == cfg.replay_ratio  # N times fewer updates, on N times the batch
-    assert distributed.whole_run(cfg, distributed.SINGLE) is cfg
+def test_each_rank_holds_its_share_and_the_run_keeps_its_settings():
+    cfg = train_mod.resolve({})  # the CartPole preset: 8 envs, batch 128, buffer 50k
+    mine = distributed.rank_share(cfg, distributed.World(1, 4))
+    assert (mine.num_envs, mine.batch_size, mine.buffer_size) == (2, 32, 12_500)
+    assert (mine.total_steps, mine.learning_starts, mine.updates_per_train) == (60_000, 1_000, 64)
+    assert distributed.rank_share(cfg, distributed.SINGLE) is cfg
+    distributed.check_settings(distributed.World(0, 8), cfg)
+    with pytest.raises(ConfigError, match="^--num-envs: 8 envs do not split evenly over 3 ranks"):
+        distributed.check_settings(distributed.World(0, 3), cfg)
+    with pytest.raises(ConfigError, match="^--batch-size: 100 mini-batch rows do not split evenly over 8 ranks"):
+        distributed.check_settings(distributed.World(0, 8), train_mod.resolve({"batch_size": 100}))
 
 
 def test_checksum_sees_every_bit_and_every_position():

@@ -45,3 +45,12 @@ def test_flop_ceiling_prints_a_row_per_workload_with_the_matmuls_alone_bound():
         assert float(row[2]) > 0 and 0 < matmuls_ms
         # the replay holds only the update's matrix products, so it cannot take longer by much
         assert matmuls_ms < 2 * update_ms
+
+
+@pytest.mark.slow  # spawns 2 gloo ranks and measures 2 workloads' FLOPs and updates
+def test_allreduce_cost_prints_a_row_per_workload_and_rank_count():
+    out = run_script("scripts/allreduce_cost.py", "--ranks", "2", "--repeats", "8")
+    rows = [line for line in out.splitlines() if re.match(r"^(dqn|td3) .*\)\s+2\s", line)]
+    assert len(rows) == 2, out
+    dqn_floats = int(rows[0].split(")")[1].split()[1])
+    assert dqn_floats == 67_586  # the preset's 4-256-256-2 Q-net, one flat gradient per update
