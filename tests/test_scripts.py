@@ -47,7 +47,6 @@ def test_flop_ceiling_prints_a_row_per_workload_with_the_matmuls_alone_bound():
         assert matmuls_ms < 2 * update_ms
 
 
-@pytest.mark.slow  # spawns 2 gloo ranks and measures 2 workloads' FLOPs and updates
 def test_allreduce_cost_prints_a_row_per_workload_and_rank_count():
     out = run_script("scripts/allreduce_cost.py", "--ranks", "2", "--repeats", "8")
     rows = [line for line in out.splitlines() if re.match(r"^(dqn|td3) .*\)\s+2\s", line)]
