@@ -369,3 +369,14 @@ def test_a_plain_run_leaves_compiled_updates_whole(monkeypatch):
     monkeypatch.setattr(distributed, "_all_reduce_mean_", torch.compiler.disable(lambda grads, size: None))
     grouped = breaks()
     assert any("FusedAdam.step" not in r for r in grouped), grouped  # the all_reduce's break
+
+
+def test_resume_refuses_rank_checkpoints_of_different_steps(tmp_path):
+    """A rank that died while the checkpoints were written leaves files of two steps: refused."""
+    from fastrl.checkpoint import FORMAT, save_checkpoint
+
+    save_checkpoint(tmp_path / "checkpoint-rank1.pt", {"format": FORMAT, "counters": {"env_step": 1000}})
+    main_state = {"world_size": 2, "counters": {"env_step": 2000}}
+    with pytest.raises(ConfigError, match="^--resume: checkpoint-rank1.pt is at env step 1000 but checkpoint.pt at 2000"):
+        distributed.rank_resume_state(distributed.World(1, 2), tmp_path, main_state)
+    assert distributed.rank_resume_state(distributed.World(0, 2), tmp_path, main_state) is main_state
