@@ -78,3 +78,80 @@ def test_sample_k_batches(benchmark, device, how):
 
     fn = (lambda: buffer.sample(64, 128)) if how == "one-call" else k_calls
     benchmark(synchronized(fn, device))
+
+
+# --- the replay paths for real workloads: frame stacks, n-step windows, prioritized replay ---
+
+ATARI_SHAPE = (4, 84, 84)
+ATARI_ENVS = 64
+
+
+def atari_buffer(capacity: int, device: torch.device, layout: str) -> ReplayBuffer:
+    """A full Atari-shaped buffer (4x84x84 uint8 stacks, discrete actions): the old layout storing
+    the whole stack per row, or one frame per row (with n-step windows of 3)."""
+    kwargs = {"full-stack": {}, "frame-stack": dict(frame_stack=4),
+              "frame-stack-nstep3": dict(frame_stack=4, n_step=3, gamma=0.99)}[layout]
+    buffer = ReplayBuffer(capacity, ATARI_ENVS, ATARI_SHAPE, torch.uint8, (), torch.int64, device, seed=0, **kwargs)
+    gen = torch.Generator().manual_seed(0)
+    frame = torch.randint(0, 256, (ATARI_ENVS, 1, 84, 84), generator=gen, dtype=torch.uint8)
+    obs = frame.expand(ATARI_ENVS, 4, 84, 84).contiguous().to(device)  # a reset stack: valid in every layout
+    actions = torch.randint(0, 4, (ATARI_ENVS,), generator=gen).to(device)
+    rewards, terminated = torch.ones(ATARI_ENVS, device=device), torch.zeros(ATARI_ENVS, device=device)
+    for _ in range(buffer.steps + 1):
+        buffer.add(obs, actions, rewards, terminated, np.ones(ATARI_ENVS, dtype=bool))
+    return buffer
+
+
+@pytest.mark.parametrize("batch_size", [32, 256])
+@pytest.mark.parametrize("layout", ["full-stack", "frame-stack", "frame-stack-nstep3"])
+def test_sample_atari(benchmark, device, layout, batch_size):
+    benchmark.group = f"buffer-sample-atari-{device.type}"
+    buffer = atari_buffer(20_000, device, layout)
+    benchmark.extra_info["bytes_per_transition"] = buffer.bytes_per_transition
+    benchmark.extra_info["transitions_per_call"] = batch_size
+    benchmark(synchronized(buffer.sample, device), 1, batch_size)
+
+
+_filled_variant: dict[tuple[str, str], ReplayBuffer] = {}
+
+
+def filled_variant(device: torch.device, variant: str) -> ReplayBuffer:
+    """A full 1e6 HalfCheetah-shaped buffer with n-step windows or prioritized replay."""
+    key = (variant, str(device))
+    if key not in _filled_variant:
+        kwargs = {"nstep3": dict(n_step=3, gamma=0.99), "per-numba": dict(prioritized=True, per_backend="numba"),
+                  "per-torch": dict(prioritized=True, per_backend="torch"),
+                  "per-numpy": dict(prioritized=True, per_backend="numpy")}[variant]
+        buffer = ReplayBuffer(1_000_000, FILL_ENVS, OBS_SHAPE, torch.float32, ACTION_SHAPE, torch.float32, device,
+                              seed=0, **kwargs)
+        step = vector_step(FILL_ENVS, device)
+        for _ in range(buffer.steps + 1):
+            buffer.add(*step)
+        _filled_variant[key] = buffer
+    return _filled_variant[key]
+
+
+@pytest.mark.parametrize("batch_size", [256, 2048])
+def test_sample_nstep(benchmark, device, batch_size):
+    benchmark.group = f"buffer-sample-nstep3-{device.type}"
+    buffer = filled_variant(device, "nstep3")
+    benchmark.extra_info["transitions_per_call"] = batch_size
+    benchmark(synchronized(buffer.sample, device), 1, batch_size)
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch", "numpy"])
+def test_prioritized_sample_and_update(benchmark, device, backend):
+    """sample(256) and the priority update of its 256 rows, from a full 1e6 prioritized buffer."""
+    if device.type != "cpu" and backend != "torch":
+        pytest.skip(f"the {backend} sum tree runs on the CPU only")
+    benchmark.group = f"buffer-per-sample-update-256-{device.type}"
+    buffer = filled_variant(device, f"per-{backend}")
+    td = torch.rand(256, generator=torch.Generator().manual_seed(0)).to(device)
+
+    def sample_and_update():
+        batch = buffer.sample_batches(1, 256, beta=0.4)[0]
+        buffer.update_priorities(batch.indices, td)
+        return batch
+
+    benchmark.extra_info["transitions_per_call"] = 256
+    benchmark(synchronized(sample_and_update, device))

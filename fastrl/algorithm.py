@@ -37,7 +37,9 @@ class Agent(Protocol):
         """Exploring actions for a batch of observations."""
 
     def greedy(self, obs: torch.Tensor) -> torch.Tensor:
-        """Evaluation actions: argmax Q, the deterministic actor, or the Gaussian's mean."""
+        """Evaluation actions: argmax Q, the deterministic actor, or the Gaussian's mean. An agent
+        may also define `evaluation_actions(obs)` (DQN: ε-greedy at --eval-epsilon), which
+        evaluation then plays instead (`fastrl.evaluate.evaluation_policy`)."""
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One mini-batch update; named device scalars (never synced here)."""

@@ -1,10 +1,11 @@
 """Checkpoints: written atomically (temp file + rename), loadable with `weights_only=True`.
 
 A training checkpoint holds the resolved config, the agent (online and target weights, optimizer,
-update counter, exploration generator), optionally the replay buffer, the global RNG states and the
-loop's counters. Env state cannot be saved (envpool has no serialization), so a checkpoint is only
-ever written at a point where the envs are (re)built from `env_seed(seed, env_step)`: see
-`fastrl.train` for how episodes are cut there.
+update counter, exploration generator), optionally the replay buffer, the global RNG states, the
+loop's counters and the env's spec (observation shape and dtype, action space: what a policy needs
+to act without building the env; `fastrl.policy`). Env state cannot be saved (envpool has no
+serialization), so a checkpoint is only ever written at a point where the envs are (re)built from
+`env_seed(seed, env_step)`: see `fastrl.train` for how episodes are cut there.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastrl.envs import EnvSpec
 from fastrl.settings import ConfigError
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -112,9 +114,53 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def training_payload(config: dict[str, Any], counters: RunCounters, agent_state: dict[str, Any],
-                     buffer_state: dict[str, Any] | None) -> dict[str, Any]:
+                     buffer_state: dict[str, Any] | None, spec: EnvSpec | None = None) -> dict[str, Any]:
     payload = {"format": FORMAT, "config": config, "counters": dataclasses.asdict(counters),
                "agent": agent_state, "rng": rng_state()}
     if buffer_state is not None:
         payload["buffer"] = buffer_state
+    if spec is not None:
+        payload["env_spec"] = spec_payload(spec)
     return payload
+
+
+def _is_plain(value: Any) -> bool:
+    if isinstance(value, (tuple, list)):
+        return all(_is_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def spec_payload(spec: EnvSpec) -> dict[str, Any]:
+    """The spec's fields as values `weights_only` loading accepts: dtypes by name; a field holding
+    code (a user's env function) is left out, as no checkpoint can hold it."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(spec):
+        value = getattr(spec, f.name)
+        if isinstance(value, torch.dtype):
+            out[f.name] = str(value).removeprefix("torch.")
+        elif _is_plain(value):
+            out[f.name] = value
+    return out
+
+
+def made_by_env_fn(saved_spec: dict[str, Any] | None) -> bool:
+    """Whether a checkpoint's env spec (`state.get("env_spec")`) is of an env made by a user's
+    `env_fn` (the Python API's), which no checkpoint can hold: such a run is resumed and evaluated
+    from Python, given the env again."""
+    return saved_spec is not None and saved_spec.get("backend") in ("callable", "vector")
+
+
+def spec_from_payload(saved: dict[str, Any], flag: str) -> EnvSpec:
+    """The EnvSpec a checkpoint saved. Fields this version does not know are dropped; fields added
+    since take their defaults."""
+    known = {f.name: f for f in dataclasses.fields(EnvSpec)}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in known}
+    for name, value in values.items():
+        if "dtype" in str(known[name].type):
+            values[name] = getattr(torch, str(value), None)
+            if not isinstance(values[name], torch.dtype):
+                raise ConfigError(f"{flag}: the checkpoint's env spec names an unknown dtype {value!r}")
+    try:
+        return EnvSpec(**values)
+    except TypeError as exc:  # a required field missing
+        raise ConfigError(f"{flag}: the checkpoint's env spec is incomplete ({exc})") from None

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from fastrl.learner import PRECISIONS
 from fastrl.registry import ALGORITHMS
 from fastrl.settings import (
     ConfigError, check_field, flag, in_range, non_negative, non_negative_int, positive, positive_int, setting,
@@ -86,12 +87,25 @@ class CommonSettings:
         1_000, "hard update period C: DQN and SAC count gradient updates; DDPG/TD3 count actor updates "
                "(one per --policy-delay critic updates), as their targets move with the actor",
         check=positive_int)
+    n_step: int = setting(1, "n-step returns: bootstrap from n steps ahead, cut at episode ends (computed at "
+                             "sample time)", check=positive_int)
+    prioritized: bool = setting(False, "proportional prioritized replay (a numba sum tree on CPU, a torch one on "
+                                       "a GPU)")
+    per_alpha: float = setting(0.6, "prioritized replay: priority = (|TD error| + eps)^alpha", check=in_range(0, 1))
+    per_beta: float = setting(0.4, "prioritized replay: importance-weight exponent at the start, annealed "
+                                   "linearly to 1 at --total-steps", check=in_range(0, 1))
+    per_eps: float = setting(1e-6, "prioritized replay: added to |TD error| so no sampleable row has priority 0",
+                             check=positive)
     hidden_sizes: tuple[int, ...] = setting((256, 256), "hidden layer sizes, space-separated", check=_hidden_sizes)
     max_grad_norm: float = setting(10.0, "global grad-norm clip (0 = off)", check=non_negative(" (0 disables clipping)"))
     gradients: str = setting(
         "auto", "how gradients are formed: autograd, or the hand-written ReLU-MLP backward (manual; DQN on "
-                "vector observations, DDPG, TD3); auto = manual for those on CPU, autograd elsewhere",
+                "vector observations, DDPG, TD3, SAC); auto = manual for those on CPU, autograd elsewhere",
         choices=GRADIENTS)
+    precision: str = setting(
+        "fp32", "dtype of the updates' matrix products: bf16 multiplies bf16 copies of fp32 master weights "
+                "(gradients, clipping, Adam, target nets, TD targets, losses and the output layer stay fp32; fast "
+                "where the CPU has AVX512-BF16/AMX, and on GPUs)", choices=tuple(PRECISIONS))
     device: str = setting("auto", "auto picks cuda when available", choices=DEVICES)
     threads: int = setting(0, "torch intra-op threads (0 = auto: on CPU, all cores from batch 256 at width 256, "
                               "else 1)", check=non_negative_int)
@@ -239,18 +253,19 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"--config: unknown key(s) {', '.join(unknown)} in {str(path)!r}")
     for name, value in settings.items():
-        _check_file_type(name, value, path)
+        check_type(name, value, f" (in {str(path)!r})")
     return settings
 
 
-def _check_file_type(name: str, value: Any, path: Path) -> None:
-    """Flags are typed by argparse; file values are whatever TOML/JSON made of them."""
+def check_type(name: str, value: Any, where: str = "") -> None:
+    """Flags are typed by argparse; file values are whatever TOML/JSON made of them, and the Python
+    API's whatever the caller passed. `where` ends the message."""
     hint = str(FIELDS[name].type)  # annotations are strings (postponed evaluation)
     is_int = isinstance(value, int) and not isinstance(value, bool)
     if value is None and "None" in hint:
         return
     if hint.startswith("tuple"):
-        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
         kind = "a list of integers"
     elif hint.startswith("float"):
         ok, kind = is_int or isinstance(value, float), "a number"
@@ -261,7 +276,7 @@ def _check_file_type(name: str, value: Any, path: Path) -> None:
     else:
         ok, kind = isinstance(value, str), "a string"
     if not ok:
-        raise ConfigError(f"{flag(name)}: must be {kind}, got {value!r} (in {str(path)!r})")
+        raise ConfigError(f"{flag(name)}: must be {kind}, got {value!r}{where}")
 
 
 def validate(cfg: TrainConfig) -> None:

@@ -24,7 +24,7 @@ from fastrl.algorithm import Algorithm
 from fastrl.buffer import Batch
 from fastrl.cuda_graph import GraphedUpdate
 from fastrl.fused_adam import FusedAdam, flatten_parameters_, rebuildable_views
-from fastrl.learner import clip_and_step, grads_into_
+from fastrl.learner import PRECISIONS, autocast, clip_and_step, grads_into_
 from fastrl.networks import NatureCNN
 from fastrl.schedules import learning_rate, linear, planned_updates
 from fastrl.settings import ConfigError, in_range, setting
@@ -47,6 +47,8 @@ class DQNSettings:
     eps_start: float = setting(1.0, "initial epsilon", check=in_range(0, 1))
     eps_end: float = setting(0.05, "final epsilon", check=in_range(0, 1))
     eps_fraction: float = setting(0.1, "fraction of --total-steps over which epsilon decays", check=in_range(0, 1))
+    eval_epsilon: float = setting(0.0, "epsilon of evaluation episodes (0 = greedy; the Atari protocol: 0.05)",
+                                  check=in_range(0, 1))
 
 
 DEFAULTS = {"target_update": "hard", "target_period": 500, "lr": 1e-3}
@@ -64,11 +66,17 @@ PRESETS = {
         "hidden_sizes": (256, 256), "eps_start": 1.0, "eps_end": 0.04, "eps_fraction": 0.16,
         "max_grad_norm": 10.0, "log_every": 5_000, "eval_every": 10_000, "eval_episodes": 10,
     },
+    # CleanRL's dqn_atari.py (the Nature DQN protocol, fastrl.envs.envpool_options): 10M steps,
+    # buffer 1M, batch 32, Adam lr 1e-4, γ 0.99, 80k random steps, one update per 4 transitions
+    # (8 envs: 2 updates every vector step), ε 1 -> 0.01 over the first 10%, MSE loss, plain (not
+    # Double) DQN targets, no gradient clipping, a hard target copy every 1000 env steps (= 250
+    # updates: --target-period counts updates), 10 evaluation games at ε = 0.05.
     "Breakout-v5": {
         "total_steps": 10_000_000, "num_envs": 8, "buffer_size": 1_000_000, "batch_size": 32,
-        "learning_starts": 80_000, "train_every": 1, "updates_per_train": 2, "lr": 1e-4,
-        "target_update": "hard", "target_period": 1_000, "eps_end": 0.01, "eps_fraction": 0.1,
-        "hidden_sizes": (512,), "log_every": 10_000, "eval_episodes": 4,
+        "learning_starts": 80_000, "train_every": 1, "updates_per_train": 2, "lr": 1e-4, "gamma": 0.99,
+        "target_update": "hard", "target_period": 250, "eps_start": 1.0, "eps_end": 0.01, "eps_fraction": 0.1,
+        "loss": "mse", "double_dqn": False, "max_grad_norm": 0.0,
+        "hidden_sizes": (512,), "log_every": 10_000, "eval_episodes": 10, "eval_epsilon": 0.05,
     },
 }
 
@@ -89,8 +97,11 @@ def check_spec(cfg: TrainConfig, spec: EnvSpec) -> None:
 # --- the math ---
 
 
+Discount = float | torch.Tensor  # γ, or γ^m per sample (n-step returns: the batch's `discount`)
+
+
 def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q_target: torch.Tensor,
-              next_q_online: torch.Tensor | None, gamma: float) -> torch.Tensor:
+              next_q_online: torch.Tensor | None, gamma: Discount) -> torch.Tensor:
     """r + γ (1 − terminated) Q⁻(s', a*). Truncation is not termination: a time-limit cut still
     bootstraps. With `next_q_online` (Double DQN), a* = argmax Q(s', ·), else argmax Q⁻(s', ·)."""
     if next_q_online is None:
@@ -98,37 +109,49 @@ def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q_target: to
     else:
         best = next_q_online.argmax(dim=-1, keepdim=True)
         next_value = next_q_target.gather(-1, best).squeeze(-1)
+    next_value = next_value.float()  # the target in fp32 whatever the nets' compute dtype
+    if isinstance(gamma, torch.Tensor):
+        return torch.addcmul(rewards, gamma * (1.0 - terminated), next_value)
     return torch.addcmul(rewards, 1.0 - terminated, next_value, value=gamma)
 
 
-def td_loss(q_taken: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "huber":
-        return F.smooth_l1_loss(q_taken, target)
-    return F.mse_loss(q_taken, target)
+def td_loss(q_taken: torch.Tensor, target: torch.Tensor, kind: str, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean Huber (δ = 1) or squared TD error; with `weights` (prioritized replay's importance
+    weights), the weighted mean."""
+    loss = F.smooth_l1_loss if kind == "huber" else F.mse_loss
+    if weights is None:
+        return loss(q_taken, target)
+    return (weights * loss(q_taken, target, reduction="none")).mean()
 
 
-def td_loss_grad(q_taken: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """d td_loss / d q_taken: the mean's 1/B times the Huber (δ = 1) or squared-error slope."""
+def td_loss_grad(q_taken: torch.Tensor, target: torch.Tensor, kind: str,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
+    """d td_loss / d q_taken: the mean's 1/B times the Huber (δ = 1) or squared-error slope (times
+    each sample's weight)."""
     error = q_taken - target
-    if kind == "huber":
-        return error.clamp_(-1.0, 1.0).div_(error.shape[0])
-    return error.mul_(2.0 / error.shape[0])
+    slope = error.clamp_(-1.0, 1.0).div_(error.shape[0]) if kind == "huber" else error.mul_(2.0 / error.shape[0])
+    return slope if weights is None else slope.mul_(weights)
 
 
 QNet = Callable[[torch.Tensor], torch.Tensor]  # observations [B, ...] -> Q values [B, A]
 
 
 def q_loss(q: QNet, q_target: QNet, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
-           next_obs: torch.Tensor, terminated: torch.Tensor, gamma: float, double: bool,
-           kind: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The DQN loss of one mini-batch, and its metrics. No gradient flows through the target
-    (nor, with Double DQN, through the online net's choice of a*)."""
+           next_obs: torch.Tensor, terminated: torch.Tensor, discount: Discount, double: bool,
+           kind: str, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The DQN loss of one mini-batch, and its metrics (with `weights`, also each sample's |TD
+    error|, "td_abs", for its new priority). No gradient flows through the target (nor, with
+    Double DQN, through the online net's choice of a*). The loss is taken in fp32 (under autocast
+    too)."""
     with torch.no_grad():
         next_q_online = q(next_obs) if double else None
-        target = td_target(rewards, terminated, q_target(next_obs), next_q_online, gamma)
-    q_taken = q(obs).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
-    loss = td_loss(q_taken, target, kind)
-    return loss, {"mean_q": q_taken.detach().mean()}
+        target = td_target(rewards, terminated, q_target(next_obs), next_q_online, discount)
+    q_taken = q(obs).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1).float()
+    loss = td_loss(q_taken, target, kind, weights)
+    metrics = {"mean_q": q_taken.detach().mean()}
+    if weights is not None:
+        metrics["td_abs"] = (q_taken.detach() - target).abs()
+    return loss, metrics
 
 
 # --- the updates ---
@@ -138,12 +161,16 @@ UpdateFn = Callable[..., dict[str, torch.Tensor]]
 
 def make_autograd_update(q: QNet, q_target: QNet, params: list[torch.Tensor], flat_grad: torch.Tensor,
                          optimizer: FusedAdam, gamma: float, double: bool, loss_kind: str,
-                         max_grad_norm: float) -> UpdateFn:
-    """`q_loss`, differentiated by autograd into the flat gradient, clipped, one Adam step."""
+                         max_grad_norm: float, dtype: torch.dtype = torch.float32) -> UpdateFn:
+    """`q_loss`, differentiated by autograd into the flat gradient, clipped, one Adam step; the
+    forward passes and the loss under `autocast` to `dtype`."""
 
     def update(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
-               terminated: torch.Tensor) -> dict[str, torch.Tensor]:
-        loss, metrics = q_loss(q, q_target, obs, actions, rewards, next_obs, terminated, gamma, double, loss_kind)
+               terminated: torch.Tensor, discount: torch.Tensor | None = None,
+               weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        with autocast(flat_grad.device, dtype):
+            loss, metrics = q_loss(q, q_target, obs, actions, rewards, next_obs, terminated,
+                                   gamma if discount is None else discount, double, loss_kind, weights)
         grads_into_(loss, params, flat_grad)
         grad_norm = clip_and_step(optimizer, max_grad_norm)
         return {"loss": loss.detach(), **metrics, "grad_norm": grad_norm}
@@ -155,28 +182,32 @@ def make_manual_update(q: StackedMLP, q_target: StackedMLP, optimizer: FusedAdam
                        double: bool, loss_kind: str, max_grad_norm: float) -> UpdateFn:
     """`q_loss` for a one-member `StackedMLP` Q-net, with its backward written out: the loss's
     gradient reaches the net only through the taken action's Q, so the output gradient is the
-    one-hot of the action times d loss / d Q(s, a)."""
-    weights = q.layers()[0]
+    one-hot of the action times d loss / d Q(s, a). Products in the nets' `compute_dtype`."""
     weight_grads = rebuildable_views([w.grad for w in q.weights])  # views of the flat gradient
     bias_grads = rebuildable_views([b.grad for b in q.biases])
-    action_ids = torch.arange(q.out_dim, dtype=torch.float32, device=weights[0].device)
+    action_ids = torch.arange(q.out_dim, dtype=torch.float32, device=q.weights[0].device)
 
     @torch.no_grad()
     def update(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
-               terminated: torch.Tensor) -> dict[str, torch.Tensor]:
-        next_q_target = q_target(next_obs.flatten(1))[0]
-        next_q_online = q(next_obs.flatten(1))[0] if double else None
-        target = td_target(rewards, terminated, next_q_target, next_q_online, gamma)
+               terminated: torch.Tensor, discount: torch.Tensor | None = None,
+               weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        next_q_target = q_target.infer(next_obs.flatten(1))[0]
+        next_q_online = q.infer(next_obs.flatten(1))[0] if double else None
+        target = td_target(rewards, terminated, next_q_target, next_q_online, gamma if discount is None else discount)
         q_all, trace = q.forward_traced(obs.flatten(1))
         # One-hot of the taken action: its product with Q picks Q(s, a), and the same mask routes
         # the loss gradient back to that output alone (actions arrive as floats from the buffer).
         taken = (actions.unsqueeze(-1) == action_ids).to(q_all.dtype)
         q_taken = (q_all[0] * taken).sum(-1)
-        loss = td_loss(q_taken, target, loss_kind)
-        d_q_taken = td_loss_grad(q_taken, target, loss_kind)
-        backward(weights, trace, (taken * d_q_taken.unsqueeze(-1)).unsqueeze(0), weight_grads(), bias_grads())
-        grad_norm = clip_and_step(optimizer, max_grad_norm)
-        return {"loss": loss, "mean_q": q_taken.mean(), "grad_norm": grad_norm}
+        loss = td_loss(q_taken, target, loss_kind, weights)
+        metrics = {"loss": loss, "mean_q": q_taken.mean()}
+        if weights is not None:
+            metrics["td_abs"] = (q_taken - target).abs()
+        d_q_taken = td_loss_grad(q_taken, target, loss_kind, weights)
+        backward(trace, (taken * d_q_taken.unsqueeze(-1)).unsqueeze(0), weight_grads(), bias_grads())
+        metrics["grad_norm"] = clip_and_step(optimizer, max_grad_norm)
+        q.weights_changed()
+        return metrics
 
     return update
 
@@ -197,6 +228,10 @@ class DQN:
     device: torch.device
     total_updates: int
     greedy_actions: Callable[[torch.Tensor], torch.Tensor]  # obs -> argmax_a Q; compiled with --compile
+    # Evaluation's ε draws, on the device. Not the exploration generator, and not checkpointed (like
+    # the eval envs): how long evaluation games last never shifts the training run's random stream,
+    # so a resumed run still trains exactly as the uninterrupted one.
+    eval_generator: torch.Generator
     updates_done: int = 0
 
     # --- acting ---
@@ -215,16 +250,24 @@ class DQN:
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, env_step: int) -> torch.Tensor:
+        return epsilon_greedy(self.greedy(obs), self.epsilon(env_step), self.spec.num_actions, self.generator)
+
+    @torch.no_grad()
+    def evaluation_actions(self, obs: torch.Tensor) -> torch.Tensor:
+        """ε-greedy at --eval-epsilon (an Atari agent that never presses FIRE after a lost life
+        would stall its game until the time limit); greedy, with no draw at all, at 0."""
         greedy = self.greedy(obs)
-        explore = torch.rand(greedy.shape, generator=self.generator, device=greedy.device) < self.epsilon(env_step)
-        return torch.where(explore, self.random_actions(greedy.shape[0]), greedy)
+        if self.cfg.eval_epsilon == 0.0:
+            return greedy
+        return epsilon_greedy(greedy, self.cfg.eval_epsilon, self.spec.num_actions, self.eval_generator)
 
     # --- learning ---
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         self.optimizer.lr = learning_rate(cfg.lr_schedule, cfg.lr, self.updates_done, self.total_updates,
                                           end_fraction=cfg.lr_end_fraction, k0=cfg.lr_k0, power=cfg.lr_power)
-        metrics = self.update_fn(batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminated)
+        metrics = self.update_fn(batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminated,
+                                 batch.discount, batch.weights)
         self.updates_done += 1
         self.targets.step(self.updates_done)
         return metrics
@@ -246,6 +289,14 @@ class DQN:
         self.generator.set_state(state["generator"])
 
 
+def epsilon_greedy(greedy: torch.Tensor, epsilon: float, num_actions: int, generator: torch.Generator) -> torch.Tensor:
+    """Each row's greedy action, or with probability ε a uniformly random one (which may be the
+    greedy one too)."""
+    explore = torch.rand(greedy.shape, generator=generator, device=greedy.device) < epsilon
+    random = torch.randint(0, num_actions, greedy.shape, generator=generator, device=greedy.device)
+    return torch.where(explore, random, greedy)
+
+
 def flat_optimizer_state(state: dict) -> dict:
     """Adam moments saved per parameter (the Nature CNN's layout before its parameters were made
     flat) as the one flat tensor the optimizer now holds: the parameters' order is the same."""
@@ -262,10 +313,11 @@ def make_greedy(q: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def build_dqn(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile: bool) -> DQN:
+    dtype = PRECISIONS[cfg.precision]
     if spec.is_image:
         q: nn.Module = NatureCNN(spec.obs_shape, cfg.hidden_sizes, spec.num_actions).to(device)
     else:
-        q = StackedMLP(1, math.prod(spec.obs_shape), cfg.hidden_sizes, spec.num_actions).to(device)
+        q = StackedMLP(1, math.prod(spec.obs_shape), cfg.hidden_sizes, spec.num_actions, dtype).to(device)
     q_target = copy.deepcopy(q).requires_grad_(False)
     # The parameters (and gradients) share one flat tensor: the clip and the fused Adam step are
     # single-tensor ops, and torch.optim's per-step Python (~50 us on the CI CPU) is not paid.
@@ -279,7 +331,7 @@ def build_dqn(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile
             q_fn, target_fn = q, q_target
         else:
             q_fn, target_fn = (lambda x: q(x.flatten(1))[0]), (lambda x: q_target(x.flatten(1))[0])
-        update_fn = make_autograd_update(q_fn, target_fn, list(q.parameters()), flat_grad, optimizer, *args)
+        update_fn = make_autograd_update(q_fn, target_fn, list(q.parameters()), flat_grad, optimizer, *args, dtype)
     if use_compile:
         update_fn = torch.compile(update_fn)
     if cfg.cuda_graph:
@@ -287,10 +339,13 @@ def build_dqn(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile
     targets = make_target_updater([(q, q_target)], cfg.target_update, cfg.tau, cfg.target_period)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed + 1)
+    eval_generator = torch.Generator(device=device)
+    eval_generator.manual_seed(cfg.seed + 2)
     # The acting policy is compiled with the update (so that on CUDA its small kernels can fuse); the
     # epsilon draw stays eager, as it uses the agent's generator.
     greedy = torch.compile(make_greedy(q)) if use_compile else make_greedy(q)
-    return DQN(spec, cfg, q, q_target, optimizer, targets, update_fn, generator, device, planned_updates(cfg), greedy)
+    return DQN(spec, cfg, q, q_target, optimizer, targets, update_fn, generator, device, planned_updates(cfg), greedy,
+               eval_generator)
 
 
 ALGORITHMS = (

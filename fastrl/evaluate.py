@@ -1,4 +1,8 @@
-"""Greedy evaluation on separate eval envs, and `python -m fastrl.evaluate RUN_DIR`."""
+"""Evaluation on separate eval envs (made for the "eval" role: Atari plays whole games with
+unclipped rewards), and `python -m fastrl.evaluate RUN_DIR`.
+
+The evaluation policy is the agent's `evaluation_actions` where it has one (DQN: ε-greedy at
+--eval-epsilon, drawn from its own evaluation generator), else its deterministic `greedy`."""
 
 from __future__ import annotations
 
@@ -7,11 +11,23 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from fastrl.envs import TorchVecEnv
+
+if TYPE_CHECKING:
+    from fastrl.policy import Policy
+
+
+ActFn = Callable[[torch.Tensor], torch.Tensor]  # observations [N, ...] -> actions [N, ...]
+
+
+def evaluation_policy(agent: Any) -> ActFn:
+    """How `agent` acts in evaluation: its `evaluation_actions`, or `greedy` if it has none."""
+    return getattr(agent, "evaluation_actions", agent.greedy)
 
 
 @torch.no_grad()
@@ -38,11 +54,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std())
 
 
-# --- `python -m fastrl.evaluate RUN_DIR`: greedy episodes from a run's checkpoint ---
+# --- `python -m fastrl.evaluate RUN_DIR`: evaluation episodes from a run's checkpoint ---
 
-def record_gif(policy: Callable[[torch.Tensor], torch.Tensor], env_id: str, obs_shape: tuple[int, ...],
-               obs_dtype: torch.dtype, device: torch.device, path: Path, seed: int,
-               max_frames: int = 500) -> str | None:
+def record_gif(policy: Policy, env_id: str, path: Path, seed: int, max_frames: int = 500) -> str | None:
     """One greedy episode of the gymnasium env `env_id`, rendered to an animated GIF (Pillow, which
     envpool already installs). Returns why not, when the env cannot be rendered."""
     import gymnasium as gym
@@ -54,6 +68,7 @@ def record_gif(policy: Callable[[torch.Tensor], torch.Tensor], env_id: str, obs_
     except Exception as exc:  # missing optional dependencies surface here as many exception types
         return f"{env_id} cannot be built for rendering: {exc}"
     try:
+        obs_shape = policy.obs_shape  # as the env gives observations
         if tuple(env.observation_space.shape) != tuple(obs_shape):
             # e.g. Atari: envpool's observations are preprocessed (grey, 84x84, stacked); gymnasium's are not
             return f"gymnasium's {env_id} observes {env.observation_space.shape}, the policy was trained on {obs_shape}"
@@ -61,13 +76,8 @@ def record_gif(policy: Callable[[torch.Tensor], torch.Tensor], env_id: str, obs_
         obs, _ = env.reset(seed=seed)
         for _ in range(max_frames):
             frames.append(np.asarray(env.render()))
-            action = policy(torch.as_tensor(np.asarray(obs), dtype=obs_dtype, device=device).unsqueeze(0))[0]
-            action = action.cpu().numpy()
-            if isinstance(env.action_space, gym.spaces.Discrete):
-                action = int(action)
-            else:
-                action = np.clip(action, env.action_space.low, env.action_space.high)
-            obs, _, terminated, truncated, _ = env.step(action)
+            action = policy.act(np.asarray(obs))  # in the env's action space
+            obs, _, terminated, truncated, _ = env.step(int(action) if policy.spec.discrete else action)
             if terminated or truncated:
                 frames.append(np.asarray(env.render()))
                 break
@@ -84,16 +94,16 @@ def record_gif(policy: Callable[[torch.Tensor], torch.Tensor], env_id: str, obs_
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastrl.checkpoint import load_run_checkpoint
-    from fastrl.config import ConfigError, config_from_checkpoint, resolve_device
-    from fastrl.envs import lookup_spec
-    from fastrl.registry import build_agent
+    from fastrl.checkpoint import load_run_checkpoint, made_by_env_fn
+    from fastrl.config import ConfigError
+    from fastrl.policy import policy_from_checkpoint
 
     parser = argparse.ArgumentParser(prog="python -m fastrl.evaluate",
-                                     description="Greedy episodes from a run's checkpoint: mean ± std, and a GIF.")
+                                     description="Evaluation episodes (greedy; DQN: ε-greedy at the run's "
+                                                 "--eval-epsilon) from a run's checkpoint: mean ± std, and a GIF.")
     parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message}\n")  # one line, no usage
     parser.add_argument("run_dir", metavar="RUN_DIR")
-    parser.add_argument("--episodes", type=int, default=10, help="greedy episodes (default 10)")
+    parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes (default 10)")
     parser.add_argument("--seed", type=int, default=None, help="env seed (default: the run's seed + 200003)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     parser.add_argument("--video", action=argparse.BooleanOptionalAction, default=True,
@@ -105,30 +115,28 @@ def main(argv: list[str] | None = None) -> int:
         if args.seed is not None and args.seed < 0:
             raise ConfigError(f"--seed: must be an integer >= 0, got {args.seed}")
         state = load_run_checkpoint(args.run_dir, flag="RUN_DIR")
-        cfg = config_from_checkpoint(state["config"], "RUN_DIR")
-        spec = lookup_spec(cfg.env)
-        device = resolve_device(args.device)
+        if made_by_env_fn(state.get("env_spec")):
+            raise ConfigError(f"RUN_DIR: this run trained on an env made in Python (env_fn={state['config']['env']}), "
+                              f"which the command line cannot rebuild; evaluate it from Python: "
+                              f"fastrl.load_policy(RUN_DIR) and your env")
+        policy = policy_from_checkpoint(state, args.device, "RUN_DIR")
     except ConfigError as exc:
         print(f"python -m fastrl.evaluate: error: {exc}", file=sys.stderr)
         return 2
-    agent = build_agent(spec, cfg, device, False)
-    agent_state = dict(state["agent"])
-    if "generator" in agent_state:  # exploration RNG: unused by greedy play, and its state is device-specific
-        agent_state["generator"] = agent.generator.get_state()
-    agent.load_state_dict(agent_state)
+    cfg, spec, device = policy.config, policy.spec, policy.device
     seed = args.seed if args.seed is not None else cfg.seed + 200_003
-    envs = TorchVecEnv(spec, min(args.episodes, 16), seed, device)
+    envs = TorchVecEnv(spec, min(args.episodes, 16), seed, device, role="eval")
     try:
-        returns = evaluate_policy(agent.greedy, envs, args.episodes)
+        returns = evaluate_policy(evaluation_policy(policy.agent), envs, args.episodes)
     finally:
         envs.close()
     mean, std = mean_std(returns)
-    step = state["counters"]["env_step"]
-    print(f"{cfg.algo} on {cfg.env}, checkpoint at env step {step}: greedy return {mean:.2f} ± {std:.2f} "
-          f"over {len(returns)} episodes")
+    policy_name = f"ε-greedy (ε = {cfg.eval_epsilon:g})" if cfg.eval_epsilon else "greedy"  # only DQN sets it
+    print(f"{cfg.algo} on {cfg.env}, checkpoint at env step {policy.env_step}: {policy_name} return {mean:.2f} "
+          f"± {std:.2f} over {len(returns)} episodes")
     if args.video:
         gif = Path(args.run_dir) / "eval.gif"
-        why_not = record_gif(agent.greedy, cfg.env, spec.obs_shape, spec.obs_dtype, device, gif, seed)
+        why_not = record_gif(policy, cfg.env, gif, seed)
         print(f"video: {gif}" if why_not is None else f"no video: {why_not}")
     return 0
 

@@ -9,6 +9,7 @@ the parameters' preallocated `.grad` tensors, which the hand-written backward ov
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -42,7 +43,51 @@ def flatten_parameters_(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         p.data = flat[offset:offset + n].view_as(p)
         p.grad = flat_grad[offset:offset + n].view_as(p)
         offset += n
+    for t in (flat, flat_grad):
+        _flat_tensors[t.untyped_storage().data_ptr()] = t
     return flat, flat_grad
+
+
+ViewLayout = tuple[torch.Tensor, list[tuple[int, int, torch.Size]]]  # a base, and (offset, numel, shape) of each view
+
+
+def _layout_from_base(views: list[torch.Tensor]) -> ViewLayout | None:
+    """Through `Tensor._base` (private): the tensor the views were cut from."""
+    base = views[0]._base if views else None
+    if base is None or any(v._base is not base for v in views):
+        if any(v._base is not None for v in views):
+            raise ValueError("rebuildable_views: the views must all view one tensor, or none")
+        return None
+    return base, [(v.storage_offset() - base.storage_offset(), v.numel(), v.shape) for v in views]
+
+
+# The flat tensors `flatten_parameters_` made, by the address of their storage: what the public-API
+# fallback of `view_layout` finds a view's base by.
+_flat_tensors: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
+
+
+def _layout_from_storage(views: list[torch.Tensor]) -> ViewLayout | None:
+    """Public API only: views of one flat tensor of `flatten_parameters_` share its storage."""
+    bases = [_flat_tensors.get(v.untyped_storage().data_ptr()) for v in views]
+    if views and bases[0] is not None and all(b is bases[0] for b in bases):
+        base = bases[0]
+        return base, [(v.storage_offset() - base.storage_offset(), v.numel(), v.shape) for v in views]
+    storages = [v.untyped_storage() for v in views]
+    alone = all(b is None and v.storage_offset() == 0 and v.numel() * v.element_size() == s.nbytes()
+                for v, b, s in zip(views, bases, storages))
+    if alone and len({s.data_ptr() for s in storages}) == len(views):
+        return None
+    raise ValueError("rebuildable_views: the views must all view one tensor, or none "
+                     "(without Tensor._base: one flat tensor of flatten_parameters_)")
+
+
+# Chosen once: `Tensor._base` where torch has it (every version this project runs).
+view_layout = _layout_from_base if hasattr(torch.empty(1)[:1], "_base") else _layout_from_storage
+
+
+def rebuild_views(layout: ViewLayout) -> list[torch.Tensor]:
+    base, parts = layout
+    return [base.reshape(-1).narrow(0, offset, n).view(shape) for offset, n, shape in parts]
 
 
 def rebuildable_views(views: list[torch.Tensor]) -> Callable[[], list[torch.Tensor]]:
@@ -52,16 +97,13 @@ def rebuildable_views(views: list[torch.Tensor]) -> Callable[[], list[torch.Tens
     torch 2.13 fails to build the guards for such an input on a cold compile cache ("sources must
     not be empty for symbol", for the base's size), so every first `--compile` run crashed.
     Tensors that view nothing are returned as they are."""
-    base = views[0]._base if views else None
-    if base is None or any(v._base is not base for v in views):
-        if any(v._base is not None for v in views):
-            raise ValueError("rebuildable_views: the views must all view one tensor, or none")
+    layout = view_layout(views)
+    if layout is None:
         return lambda: views
-    layout = [(v.storage_offset() - base.storage_offset(), v.numel(), v.shape) for v in views]
 
     def get() -> list[torch.Tensor]:
         if torch.compiler.is_compiling():
-            return [base.reshape(-1).narrow(0, offset, n).view(shape) for offset, n, shape in layout]
+            return rebuild_views(layout)
         return views
 
     return get
@@ -80,9 +122,15 @@ def clip_grad_norm_(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     return norm
 
 
+# Chosen once: the fused kernel (private, `torch._fused_adam_`) where torch has it; otherwise the
+# public torch.optim.Adam over the same tensors and state (slower, the same math).
+HAS_FUSED_ADAM = hasattr(torch, "_fused_adam_")
+
+
 class FusedAdam:
     """`params` are stepped with the gradients in `grads`, or by default their own `.grad`s (which
-    must exist); both may be the flat tensors of `flatten_parameters_`."""
+    must exist); both may be the flat tensors of `flatten_parameters_`. Without
+    `torch._fused_adam_` the step is `torch.optim.Adam`'s, over the same tensors and state."""
 
     def __init__(self, params: list[torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, grads: list[torch.Tensor] | None = None, lr_on_device: bool = False):
@@ -103,6 +151,19 @@ class FusedAdam:
         # wants it. All parameters step together, so they share one count.
         self.step_count = torch.zeros((), dtype=torch.float32, device=self.params[0].device)
         self._steps = [self.step_count] * len(self.params)
+        self._public = None if HAS_FUSED_ADAM else self._public_adam(lr_on_device)
+
+    def _public_adam(self, capturable: bool) -> torch.optim.Adam:
+        """torch.optim.Adam stepping `params` with `grads` into `exp_avg`/`exp_avg_sq`. It counts
+        steps per tensor (on the host unless capturable, as it wants them), kept equal to
+        `step_count`. Capturable (the CUDA-graph path) reads lr from the device tensor."""
+        adam = torch.optim.Adam(self.params, lr=self._lr_tensor if capturable else self._lr, betas=self.betas,
+                                eps=self.eps, foreach=False, capturable=capturable)
+        for p, g, m, v in zip(self.params, self.grads, self.exp_avg, self.exp_avg_sq, strict=True):
+            p.grad = g
+            step = torch.zeros((), dtype=torch.float32, device=p.device if capturable else "cpu")
+            adam.state[p] = {"step": step, "exp_avg": m, "exp_avg_sq": v}
+        return adam
 
     @property
     def lr(self) -> float:
@@ -117,6 +178,11 @@ class FusedAdam:
     @torch.compiler.disable  # an in-place multi-tensor kernel: run it eagerly, as torch.optim does
     def step(self) -> None:
         self.step_count.add_(1.0)  # the kernel reads the count of the step it is taking
+        if self._public is not None:
+            if self._lr_tensor is None:
+                self._public.param_groups[0]["lr"] = self._lr
+            self._public.step()
+            return
         lr = self._lr_tensor if self._lr_tensor is not None else self._lr
         torch._fused_adam_(self.params, self.grads, self.exp_avg, self.exp_avg_sq, [], self._steps, lr=lr,
                            beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0, eps=self.eps,
@@ -132,3 +198,6 @@ class FusedAdam:
         for name in ("exp_avg", "exp_avg_sq"):
             for mine, saved in zip(getattr(self, name), state[name], strict=True):
                 mine.copy_(saved)
+        if self._public is not None:
+            for p in self.params:
+                self._public.state[p]["step"].copy_(self.step_count)

@@ -21,10 +21,11 @@ HANDLED = (signal.SIGINT, signal.SIGTERM)
 @dataclass
 class StopRequest:
     signum: int | None = None
+    by_caller: bool = False  # the API's callback returned False
 
     @property
     def requested(self) -> bool:
-        return self.signum is not None
+        return self.signum is not None or self.by_caller
 
     @property
     def name(self) -> str:
@@ -32,8 +33,8 @@ class StopRequest:
 
     @property
     def exit_code(self) -> int:
-        """The shell's convention, 128 + signal number: 130 for SIGINT, 143 for SIGTERM."""
-        return 128 + (self.signum or 0)
+        """The shell's convention, 128 + signal number: 130 for SIGINT, 143 for SIGTERM; 0 without a signal."""
+        return 128 + self.signum if self.signum is not None else 0
 
 
 @contextlib.contextmanager

@@ -1,18 +1,42 @@
-"""The pieces every update shares: gradients from autograd into a net's flat gradient, and the
-clip + Adam step over it, where a data-parallel run averages the gradient over its ranks.
+"""The pieces every update shares: gradients from autograd into a net's flat gradient, the
+clip + Adam step over it (where a data-parallel run averages the gradient over its ranks), and the
+precision of the matrix products (`--precision`).
 
 Each net's parameters and gradients live in one flat tensor (`fused_adam.flatten_parameters_`),
 so clipping and Adam are single-tensor ops whichever way the gradient was made: by autograd
 (`grads_into_`, the default path of every algorithm) or by a hand-written backward (the measured
 fast path for ReLU MLPs in `stacked_mlp`, tested against autograd of the same loss).
+
+Mixed precision keeps everything that accumulates in fp32: master weights, gradients, their clip,
+Adam's moments, target nets, TD targets and losses. Only matrix products (and the activations
+between them) run in bf16. An autograd update gets this by running its forward passes and loss
+under `autocast`; the hand-written path by the nets' `compute_dtype` (`stacked_mlp`).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
 from fastrl.distributed import average_gradients_
 from fastrl.fused_adam import FusedAdam, clip_grad_norm_
+
+# --precision: the dtype of the updates' matrix products.
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """The context an autograd update runs its forward passes and loss in: for bf16,
+    `torch.autocast`, whose matrix products multiply bf16 casts of the fp32 parameters (their
+    gradients come out fp32); for fp32, nothing. Take the gradients after leaving it
+    (`grads_into_`), and cast network outputs up (`.float()`) before a loss or TD target takes
+    their differences: autocast leaves other ops in the dtype of their inputs."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    # No cast cache: an update uses each weight once per region, so it saves nothing, and a cache
+    # is what CUDA-graph capture of autocast regions must not hold (torch's CUDA-graph notes).
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
 
 
 def grads_into_(loss: torch.Tensor, params: list[torch.Tensor], flat_grad: torch.Tensor) -> None:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 ALGORITHM_MODULES = (
     "fastrl.dqn",
     "fastrl.td3",
+    "fastrl.sac",
 )
 
 ALGORITHMS: dict[str, Algorithm] = {

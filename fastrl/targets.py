@@ -2,11 +2,13 @@
 
 Both are one fused multi-tensor call over tensor lists built once; τ = 1 soft is a hard copy.
 Non-float buffers (counters such as BatchNorm's num_batches_tracked) are copied, never lerped.
+Target modules that keep copies of their weights (a bf16 `StackedMLP`) are told when they moved.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -29,6 +31,7 @@ class TargetUpdater:
     kind: str  # "soft" or "hard"
     tau: float
     period: int
+    moved: list[Callable[[], None]] = field(default_factory=list)  # the targets' `weights_changed`
 
     def step(self, updates_done: int) -> None:
         """Call after each gradient update; `updates_done` counts updates including this one."""
@@ -40,13 +43,16 @@ class TargetUpdater:
             return
         if self.online_other:
             hard_update_(self.target_other, self.online_other)
+        for weights_changed in self.moved:
+            weights_changed()
 
 
 def make_target_updater(pairs: list[tuple[nn.Module, nn.Module]], kind: str, tau: float,
                         period: int) -> TargetUpdater:
     """`pairs` of (online, target) modules; all of them are updated by the same single call."""
-    online_f, target_f, online_o, target_o = [], [], [], []
+    online_f, target_f, online_o, target_o, moved = [], [], [], [], []
     for online, target in pairs:
+        moved += [m.weights_changed for m in target.modules() if hasattr(m, "weights_changed")]
         for o, t in zip(list(online.parameters()) + list(online.buffers()),
                         list(target.parameters()) + list(target.buffers()), strict=True):
             if o.shape != t.shape:
@@ -57,4 +63,4 @@ def make_target_updater(pairs: list[tuple[nn.Module, nn.Module]], kind: str, tau
             else:
                 online_o.append(o)
                 target_o.append(t)
-    return TargetUpdater(online_f, target_f, online_o, target_o, kind, tau, period)
+    return TargetUpdater(online_f, target_f, online_o, target_o, kind, tau, period, moved)

@@ -30,9 +30,9 @@ from fastrl.algorithm import Algorithm
 from fastrl.buffer import Batch
 from fastrl.cuda_graph import GraphedUpdate
 from fastrl.fused_adam import FusedAdam, flatten_parameters_, rebuildable_views
-from fastrl.learner import clip_and_step, grads_into_
+from fastrl.learner import PRECISIONS, autocast, clip_and_step, grads_into_
 from fastrl.schedules import learning_rate, planned_updates
-from fastrl.settings import non_negative, optional, positive, positive_int, setting
+from fastrl.settings import ConfigError, non_negative, optional, positive, positive_int, setting
 from fastrl.stacked_mlp import StackedMLP, Trace, backward
 from fastrl.targets import TargetUpdater, make_target_updater
 
@@ -70,6 +70,12 @@ PRESETS = {
 }
 
 
+def check_spec(cfg: TrainConfig, spec: EnvSpec) -> None:
+    if spec.is_image:
+        raise ConfigError(f"--env: {cfg.env} observes images and --algo {cfg.algo}'s networks are MLPs over vector "
+                          f"observations; use --algo dqn for image observations")
+
+
 def uses_manual_gradients(cfg: TrainConfig, device: torch.device) -> bool:
     """The hand-written MLP backward: asked for, or `auto` on CPU."""
     return cfg.gradients == "manual" or (cfg.gradients == "auto" and device.type == "cpu")
@@ -100,15 +106,24 @@ def smooth_target_action(target_action: torch.Tensor, normal: torch.Tensor, std:
     return torch.clamp(target_action + torch.clamp(normal * std, -clip, clip), low, high)
 
 
-def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tensor, gamma: float) -> torch.Tensor:
+def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tensor,
+              gamma: float | torch.Tensor) -> torch.Tensor:
     """r + γ (1 − terminated) min_e Q⁻_e(s', ã), next_q being [E, B]. With two critics the min is
-    TD3's clipped double Q; with one it is DDPG's target. Truncation still bootstraps."""
-    return rewards + gamma * (1.0 - terminated) * next_q.amin(dim=0)
+    TD3's clipped double Q; with one it is DDPG's target. Truncation still bootstraps. `gamma` may
+    be γ^m per sample (n-step returns). In fp32."""
+    return rewards + gamma * (1.0 - terminated) * next_q.float().amin(dim=0)
 
 
-def critic_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Sum over critics of each critic's mean squared TD error; q is [E, B], target [B]."""
-    return (q - target).square().mean(dim=1).sum()
+def critic_loss(q: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum over critics of each critic's mean squared TD error; q is [E, B], target [B]; with
+    `weights` (importance weights, [B]), each critic's weighted mean. In fp32."""
+    squared = (q.float() - target.float()).square()
+    return (squared if weights is None else squared * weights).mean(dim=1).sum()
+
+
+def td_abs(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """|TD error| per sample, averaged over the critics: the sample's new priority. In fp32."""
+    return (q.float() - target.float()).abs().mean(dim=0)
 
 
 Net = Callable[..., torch.Tensor]
@@ -117,7 +132,8 @@ Net = Callable[..., torch.Tensor]
 @torch.no_grad()
 def bootstrap_target(critic_target: Net, actor_target: Net, rewards: torch.Tensor, next_obs: torch.Tensor,
                      terminated: torch.Tensor, normal: torch.Tensor | None, smoothing_std: torch.Tensor,
-                     smoothing_clip: torch.Tensor, low: torch.Tensor, high: torch.Tensor, gamma: float) -> torch.Tensor:
+                     smoothing_clip: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
+                     gamma: float | torch.Tensor) -> torch.Tensor:
     """The critics' regression target, through the target nets (smoothed when `normal` is given)."""
     next_actions = actor_target(next_obs)
     if normal is not None:
@@ -128,18 +144,23 @@ def bootstrap_target(critic_target: Net, actor_target: Net, rewards: torch.Tenso
 def critic_loss_of(critic: Net, critic_target: Net, actor_target: Net, obs: torch.Tensor, actions: torch.Tensor,
                    rewards: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor,
                    normal: torch.Tensor | None, smoothing_std: torch.Tensor, smoothing_clip: torch.Tensor,
-                   low: torch.Tensor, high: torch.Tensor, gamma: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                   low: torch.Tensor, high: torch.Tensor, gamma: float | torch.Tensor,
+                   weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The critics' loss against the clipped-double-Q target (TD3), or one critic's (DDPG: no
-    `normal`, no smoothing). Critics map [B, obs + act] to [E, B, 1]."""
+    `normal`, no smoothing). Critics map [B, obs + act] to [E, B, 1]. With `weights`, the metrics
+    carry each sample's |TD error| ("td_abs") for its new priority."""
     target = bootstrap_target(critic_target, actor_target, rewards, next_obs, terminated, normal, smoothing_std,
                               smoothing_clip, low, high, gamma)
     q = critic(critic_input(obs, actions))[..., 0]
-    return critic_loss(q, target), {"mean_q": q.detach().mean()}
+    metrics = {"mean_q": q.detach().mean()}
+    if weights is not None:
+        metrics["td_abs"] = td_abs(q.detach(), target)
+    return critic_loss(q, target, weights), metrics
 
 
 def actor_loss_of(actor: Net, critic: Net, obs: torch.Tensor) -> torch.Tensor:
-    """−mean Q₁(s, μ(s)): the actor climbs its first critic (TD3), or the only one (DDPG)."""
-    return -critic(critic_input(obs, actor(obs)), members=slice(0, 1)).mean()
+    """−mean Q₁(s, μ(s)): the actor climbs its first critic (TD3), or the only one (DDPG). In fp32."""
+    return -critic(critic_input(obs, actor(obs)), members=slice(0, 1)).float().mean()
 
 
 # --- networks ---
@@ -148,9 +169,10 @@ def actor_loss_of(actor: Net, critic: Net, obs: torch.Tensor) -> torch.Tensor:
 class Actor(nn.Module):
     """Deterministic policy: an MLP whose tanh output is scaled onto the action box."""
 
-    def __init__(self, obs_dim: int, hidden_sizes: tuple[int, ...], low: torch.Tensor, high: torch.Tensor):
+    def __init__(self, obs_dim: int, hidden_sizes: tuple[int, ...], low: torch.Tensor, high: torch.Tensor,
+                 compute_dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.net = StackedMLP(1, obs_dim, hidden_sizes, low.numel())
+        self.net = StackedMLP(1, obs_dim, hidden_sizes, low.numel(), compute_dtype)
         self.register_buffer("low", low.reshape(-1).float().clone())
         self.register_buffer("high", high.reshape(-1).float().clone())
 
@@ -168,6 +190,10 @@ class Actor(nn.Module):
         t = torch.tanh(pre[0])
         return to_box(t, self.low, self.high), t, trace
 
+    def infer(self, obs: torch.Tensor) -> torch.Tensor:
+        """The action of `forward_traced` alone: the hand-written update's target actor."""
+        return self.forward_traced(obs)[0]
+
 
 def critic_input(obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     return torch.cat((obs.flatten(1), actions), dim=1)
@@ -183,35 +209,47 @@ def _grads(net: StackedMLP) -> tuple[Callable[[], list[torch.Tensor]], Callable[
     return rebuildable_views([w.grad for w in net.weights]), rebuildable_views([b.grad for b in net.biases])
 
 
+def manual_critic_step(critic: StackedMLP, critic_opt: FusedAdam, weight_grads: list[torch.Tensor],
+                       bias_grads: list[torch.Tensor], obs: torch.Tensor, actions: torch.Tensor, target: torch.Tensor,
+                       weights: torch.Tensor | None, max_grad_norm: float) -> dict[str, torch.Tensor]:
+    """Regress every critic on `target` (`critic_loss`) with the backward written out, clip, step;
+    the metrics "loss", "mean_q", "grad_norm" and, with importance `weights`, "td_abs"."""
+    q_out, trace = critic.forward_traced(critic_input(obs, actions))
+    q = q_out[..., 0].float()  # the output layer multiplies in fp32 (`low_precision_layers`)
+    metrics = {"loss": critic_loss(q, target, weights), "mean_q": q.mean()}
+    d_q = (2.0 / q.shape[1]) * (q - target)
+    if weights is not None:
+        metrics["td_abs"] = td_abs(q, target)
+        d_q = d_q * weights
+    backward(trace, d_q.unsqueeze(-1), weight_grads, bias_grads)
+    metrics["grad_norm"] = clip_and_step(critic_opt, max_grad_norm)
+    critic.weights_changed()
+    return metrics
+
+
 def make_manual_update(actor: Actor, critic: StackedMLP, actor_target: Actor, critic_target: StackedMLP,
                        critic_opt: FusedAdam, actor_opt: FusedAdam, gamma: float,
                        smoothing: bool, policy_noise: float, noise_clip: float, max_grad_norm: float) -> UpdateFn:
-    """`critic_loss_of` and `actor_loss_of` with their backward written out."""
+    """`critic_loss_of` and `actor_loss_of` with their backward written out; products in the nets'
+    `compute_dtype`."""
     critic_w_grads, critic_b_grads = _grads(critic)
     actor_w_grads, actor_b_grads = _grads(actor.net)
-    critic_weights = list(critic.weights)
-    actor_weights = list(actor.net.weights)
     first_critic = slice(0, 1)  # the actor climbs Q₁ only (TD3); with one critic, that one
-    first_critic_weights = critic.layers(first_critic)[0]  # views, taken once (parameters stay in place)
     low, high = actor.low, actor.high
     half_width = box_fraction(1.0, low, high)
     smoothing_std, smoothing_clip = box_fraction(policy_noise, low, high), box_fraction(noise_clip, low, high)
 
     @torch.no_grad()
     def update(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
-               terminated: torch.Tensor, normal: torch.Tensor | None,
-               update_actor: bool) -> dict[str, torch.Tensor]:
+               terminated: torch.Tensor, normal: torch.Tensor | None, update_actor: bool,
+               discount: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         batch = rewards.shape[0]
         # Critic: regress every critic on the shared clipped-double-Q target.
-        target = bootstrap_target(critic_target, actor_target, rewards, next_obs, terminated,
-                                  normal if smoothing else None, smoothing_std, smoothing_clip, low, high, gamma)
-        q_out, trace = critic.forward_traced(critic_input(obs, actions))
-        q = q_out[..., 0]
-        loss = critic_loss(q, target)
-        backward(critic_weights, trace, ((2.0 / batch) * (q - target)).unsqueeze(-1), critic_w_grads(),
-                 critic_b_grads())
-        grad_norm = clip_and_step(critic_opt, max_grad_norm)
-        metrics = {"loss": loss, "mean_q": q.mean(), "grad_norm": grad_norm}
+        target = bootstrap_target(critic_target.infer, actor_target.infer, rewards, next_obs, terminated,
+                                  normal if smoothing else None, smoothing_std, smoothing_clip, low, high,
+                                  gamma if discount is None else discount)
+        metrics = manual_critic_step(critic, critic_opt, critic_w_grads(), critic_b_grads(), obs, actions, target,
+                                     weights, max_grad_norm)
 
         if update_actor:  # decided by the host's update counter, never by a tensor
             # Actor: ascend Q₁(s, μ(s)) through the freshly updated critic. Only dQ/da is needed
@@ -219,11 +257,11 @@ def make_manual_update(actor: Actor, critic: StackedMLP, actor_target: Actor, cr
             action, tanh_out, actor_trace = actor.forward_traced(obs)
             q1, q1_trace = critic.forward_traced(critic_input(obs, action), members=first_critic)
             d_q1 = torch.full_like(q1, -1.0 / batch)  # d(−mean Q₁)/dQ₁
-            d_action = backward(first_critic_weights, q1_trace, d_q1, None, None,
-                                input_cols=slice(obs.flatten(1).shape[1], None))
+            d_action = backward(q1_trace, d_q1, None, None, input_cols=slice(obs.flatten(1).shape[1], None))
             d_pre = d_action * (half_width * (1.0 - tanh_out.square()))  # through action = mid + hw·tanh
-            backward(actor_weights, actor_trace, d_pre, actor_w_grads(), actor_b_grads())
+            backward(actor_trace, d_pre, actor_w_grads(), actor_b_grads())
             clip_and_step(actor_opt, max_grad_norm, norm_wanted=False)  # its norm is not logged: only to clip
+            actor.net.weights_changed()
             metrics["actor_loss"] = -q1.mean()
         return metrics
 
@@ -232,21 +270,26 @@ def make_manual_update(actor: Actor, critic: StackedMLP, actor_target: Actor, cr
 
 def make_autograd_update(actor: Actor, critic: StackedMLP, actor_target: Actor, critic_target: StackedMLP,
                          critic_opt: FusedAdam, actor_opt: FusedAdam, gamma: float, smoothing: bool,
-                         policy_noise: float, noise_clip: float, max_grad_norm: float) -> UpdateFn:
-    """`critic_loss_of` and `actor_loss_of` differentiated by autograd into the flat gradients."""
+                         policy_noise: float, noise_clip: float, max_grad_norm: float,
+                         dtype: torch.dtype = torch.float32) -> UpdateFn:
+    """`critic_loss_of` and `actor_loss_of` differentiated by autograd into the flat gradients; the
+    forward passes and losses under `autocast` to `dtype`."""
     critic_params, actor_params = list(critic.parameters()), list(actor.parameters())
     low, high = actor.low, actor.high
     smoothing_std, smoothing_clip = box_fraction(policy_noise, low, high), box_fraction(noise_clip, low, high)
 
     def update(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
-               terminated: torch.Tensor, normal: torch.Tensor | None, update_actor: bool) -> dict[str, torch.Tensor]:
-        loss, metrics = critic_loss_of(critic, critic_target, actor_target, obs, actions, rewards, next_obs,
-                                       terminated, normal if smoothing else None, smoothing_std, smoothing_clip,
-                                       low, high, gamma)
+               terminated: torch.Tensor, normal: torch.Tensor | None, update_actor: bool,
+               discount: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        with autocast(low.device, dtype):
+            loss, metrics = critic_loss_of(critic, critic_target, actor_target, obs, actions, rewards, next_obs,
+                                           terminated, normal if smoothing else None, smoothing_std, smoothing_clip,
+                                           low, high, gamma if discount is None else discount, weights)
         grads_into_(loss, critic_params, critic_opt.grads[0])
         metrics = {"loss": loss.detach(), **metrics, "grad_norm": clip_and_step(critic_opt, max_grad_norm)}
         if update_actor:  # decided by the host's update counter, never by a tensor
-            actor_loss = actor_loss_of(actor, critic, obs)
+            with autocast(low.device, dtype):
+                actor_loss = actor_loss_of(actor, critic, obs)
             grads_into_(actor_loss, actor_params, actor_opt.grads[0])
             clip_and_step(actor_opt, max_grad_norm, norm_wanted=False)
             metrics["actor_loss"] = actor_loss.detach()
@@ -311,7 +354,7 @@ class TD3:
         normal = (torch.randn(batch.actions.shape, generator=self.generator, device=self.device)
                   if self.smoothing else None)
         metrics = self.update_fn(batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminated,
-                                 normal, update_actor)
+                                 normal, update_actor, batch.discount, batch.weights)
         self.updates_done += 1
         if update_actor:
             # Targets move with the actor (every policy_delay critic updates), as in TD3.
@@ -342,8 +385,9 @@ def _build(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile: b
     obs_dim = math.prod(spec.obs_shape)
     low = torch.tensor(spec.action_low, dtype=torch.float32)
     high = torch.tensor(spec.action_high, dtype=torch.float32)
-    actor = Actor(obs_dim, cfg.hidden_sizes, low, high).to(device)
-    critic = StackedMLP(2 if twin else 1, obs_dim + low.numel(), cfg.hidden_sizes, 1).to(device)
+    dtype = PRECISIONS[cfg.precision]
+    actor = Actor(obs_dim, cfg.hidden_sizes, low, high, dtype).to(device)
+    critic = StackedMLP(2 if twin else 1, obs_dim + low.numel(), cfg.hidden_sizes, 1, dtype).to(device)
     actor_target = copy.deepcopy(actor).requires_grad_(False)
     critic_target = copy.deepcopy(critic).requires_grad_(False)
     # Each net's parameters (and gradients) share one flat tensor: clip and Adam are single-tensor ops.
@@ -352,9 +396,12 @@ def _build(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile: b
     critic_opt = FusedAdam([critic_flat], lr=cfg.lr, grads=[critic_flat_grad], lr_on_device=cfg.cuda_graph)
     actor_opt = FusedAdam([actor_flat], lr=cfg.actor_lr or cfg.lr, grads=[actor_flat_grad],
                           lr_on_device=cfg.cuda_graph)
-    make_update = make_manual_update if uses_manual_gradients(cfg, device) else make_autograd_update
-    update_fn = make_update(actor, critic, actor_target, critic_target, critic_opt, actor_opt, cfg.gamma,
-                            twin, cfg.policy_noise, cfg.noise_clip, cfg.max_grad_norm)
+    args = (actor, critic, actor_target, critic_target, critic_opt, actor_opt, cfg.gamma, twin, cfg.policy_noise,
+            cfg.noise_clip, cfg.max_grad_norm)
+    if uses_manual_gradients(cfg, device):
+        update_fn = make_manual_update(*args)  # the nets' compute_dtype sets its precision
+    else:
+        update_fn = make_autograd_update(*args, dtype)
     if use_compile:
         update_fn = torch.compile(update_fn)
     if cfg.cuda_graph:
@@ -383,7 +430,8 @@ _NOTES = "--target-period counts actor updates (targets move with the actor)"
 ALGORITHMS = (
     Algorithm("ddpg", discrete=False, build=build_ddpg, section=TD3Settings,
               reads=("exploration_noise", "policy_delay", "actor_lr"), defaults=DDPG_DEFAULTS, presets=PRESETS,
-              notes=_NOTES),
+              check_spec=check_spec, notes=_NOTES),
     Algorithm("td3", discrete=False, build=build_td3, section=TD3Settings,
-              reads=tuple(TD3Settings.__dataclass_fields__), defaults=TD3_DEFAULTS, presets=PRESETS, notes=_NOTES),
+              reads=tuple(TD3Settings.__dataclass_fields__), defaults=TD3_DEFAULTS, presets=PRESETS,
+              check_spec=check_spec, notes=_NOTES),
 )

@@ -1,6 +1,9 @@
 """`python -m fastrl.train`: the front door. The loop in `train()` reads top to bottom:
 collect a vector step, store it, every `train_every` steps run k updates, log, evaluate,
-checkpoint, and stop early if a signal asked for it.
+checkpoint, and stop early if a signal (or the Python API's callback) asked for it.
+
+From Python this module is also the function `fastrl.train(config, ...)` (see `fastrl.api`): a
+package cannot hold a function and a submodule under one name, so the module is callable.
 
 `torchrun --nproc-per-node N -m fastrl.train` runs the same loop on N ranks, data-parallel
 (`fastrl.distributed` says what is per rank and what counts the whole run). Its hooks in
@@ -20,7 +23,9 @@ import math
 import shlex
 import sys
 import time
+import types
 import typing
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,21 +36,22 @@ import torch
 from fastrl import distributed
 from fastrl.buffer import ReplayBuffer, bytes_per_row, check_fits
 from fastrl.checkpoint import (
-    CHECKPOINT_NAME, RunCounters, env_seed, load_run_checkpoint, save_checkpoint, set_rng_state, training_payload,
+    CHECKPOINT_NAME, RunCounters, env_seed, load_run_checkpoint, made_by_env_fn, save_checkpoint, set_rng_state,
+    training_payload,
 )
 from fastrl.config import (
     FIELDS, ConfigError, TrainConfig, auto_threads, config_from_checkpoint, describe_presets, load_config_file,
     resolve, resolve_device, validate, validate_for_env,
 )
 from fastrl.envs import EnvSpec, TorchVecEnv, lookup_spec
-from fastrl.evaluate import evaluate_policy, mean_std
+from fastrl.evaluate import evaluate_policy, evaluation_policy, mean_std
 from fastrl.finite import NonFiniteError, check_metrics, check_weights
 from fastrl.interrupts import StopRequest, stop_on_signals
 from fastrl.metrics import MetricWindow
 from fastrl.progress import Progress
 from fastrl.registry import ALGORITHMS, build_agent
 from fastrl.runlog import RunLog, played_action_entropy, plot_learning_curve, write_summary
-from fastrl.schedules import train_phase_due
+from fastrl.schedules import linear, train_phase_due
 from fastrl.settings import flag
 
 EXIT_BAD_SETTING = 2
@@ -60,6 +66,7 @@ FAILURES = {  # what stopped a run -> its exit code, and what to try
                                                           "and CPU/GPU kind on every rank"),
     distributed.PeerLostError: (EXIT_PEER_LOST, ". Look for the failing rank's error above"),
 }
+MAX_EVAL_ENVS = 16  # evaluation runs min(--eval-episodes, this) envs side by side
 # Settings a resumed run may change: none alters what the run computes up to its old end.
 RESUME_OVERRIDES = ("total_steps", "progress", "collective_timeout")
 
@@ -104,26 +111,37 @@ def config_from_namespace(args: argparse.Namespace, notes: list[str] | None = No
     settings: dict[str, Any] = load_config_file(args.config) if args.config else {}
     settings.update(_given(args))
     cfg = resolve(settings, notes)
-    if cfg.run_dir and (Path(cfg.run_dir) / CHECKPOINT_NAME).exists():
-        raise ConfigError(f"--run-dir: {cfg.run_dir!r} already holds a run; continue it with "
-                          f"--resume {shlex.quote(cfg.run_dir)} or choose another folder")
+    check_new_run_dir(cfg)
     return cfg
 
 
+def check_new_run_dir(cfg: TrainConfig) -> None:
+    if cfg.run_dir and (Path(cfg.run_dir) / CHECKPOINT_NAME).exists():
+        raise ConfigError(f"--run-dir: {cfg.run_dir!r} already holds a run; continue it with "
+                          f"--resume {shlex.quote(cfg.run_dir)} or choose another folder")
+
+
 def resume_config(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
-    """The config and checkpoint of the run in `args.resume`. A resumed run keeps its settings:
-    only RESUME_OVERRIDES may be given; anything else would silently make it a different run."""
-    state = load_run_checkpoint(args.resume)
     if args.config:
         raise ConfigError("--config: cannot be combined with --resume; a resumed run keeps the settings "
                           "saved in its checkpoint (see RUN_DIR/config.json)")
-    given = _given(args)
+    cfg, state = resume_run(args.resume, _given(args))
+    if made_by_env_fn(state.get("env_spec")):
+        raise ConfigError(f"--resume: this run trained on an env made in Python (env_fn={cfg.env}), which the "
+                          f"command line cannot rebuild; resume it from Python: fastrl.resume(RUN_DIR, env_fn=...)")
+    return cfg, state
+
+
+def resume_run(run_dir: str | Path, given: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+    """The config and checkpoint of the run in `run_dir`. A resumed run keeps its settings: only
+    RESUME_OVERRIDES may be given; anything else would silently make it a different run."""
+    state = load_run_checkpoint(run_dir)
     changed = sorted(set(given) - set(RESUME_OVERRIDES))
     if changed:
         flags = ", ".join("--" + name.replace("_", "-") for name in changed)
         raise ConfigError(f"{flags.split(', ')[0]}: cannot be changed when resuming (got {flags}); with --resume "
                           f"only --total-steps (to extend the run) and --progress/--no-progress are allowed")
-    settings = {**state["config"], **given, "run_dir": str(args.resume)}
+    settings = {**state["config"], **given, "run_dir": str(run_dir)}
     cfg = config_from_checkpoint(settings, "--resume")
     reached = int(state["counters"]["env_step"])
     if cfg.total_steps < reached:
@@ -132,22 +150,26 @@ def resume_config(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]
     return cfg, state
 
 
-def check_setup(cfg: TrainConfig, world: distributed.World = distributed.SINGLE) -> tuple[EnvSpec, torch.device]:
-    """Everything that can go wrong before envs and models exist. Raises ConfigError."""
+def check_setup(cfg: TrainConfig, spec_of: Callable[[str], EnvSpec] | None = None,
+                world: distributed.World = distributed.SINGLE) -> tuple[EnvSpec, torch.device]:
+    """Everything that can go wrong before envs and models exist. Raises ConfigError. `spec_of`
+    (default `lookup_spec`) makes the spec from `cfg.env`: the API passes one for a user's env.
+    `world`: a torchrun launch's ranks, each of which allocates its share of the replay."""
     validate(cfg)
     distributed.check_settings(world, cfg)
     device = resolve_device(cfg.device)
     if cfg.cuda_graph and device.type != "cuda":
         raise ConfigError(f"--cuda-graph: needs a CUDA device, and this run's device is {device.type} "
                           f"(--device {cfg.device}); drop --cuda-graph or use --device cuda")
-    spec = lookup_spec(cfg.env)
+    spec = (spec_of or lookup_spec)(cfg.env)
     validate_for_env(cfg, spec.discrete)
     check_spec = ALGORITHMS[cfg.algo].check_spec
     if check_spec is not None:
         check_spec(cfg, spec)
     mine = distributed.rank_share(cfg, world)  # the replay shard this process allocates
-    check_fits(mine.buffer_size, mine.num_envs,
-               bytes_per_row(spec.obs_shape, spec.obs_dtype, spec.action_shape, spec.action_dtype), device)
+    row_bytes = bytes_per_row(spec.obs_shape, spec.obs_dtype, spec.action_shape, spec.action_dtype,
+                              frame_stack=spec.frame_stack, n_step=cfg.n_step, prioritized=cfg.prioritized)
+    check_fits(mine.buffer_size, mine.num_envs, row_bytes, device, extra_slots=spec.frame_stack - 1 + cfg.n_step)
     return spec, device
 
 
@@ -174,13 +196,13 @@ def end_segment(buffer: ReplayBuffer, obs: torch.Tensor, spec: EnvSpec) -> None:
     buffer.add(obs, actions, zeros, zeros, valid=np.zeros(n, dtype=bool))
 
 
-def write_checkpoint(run_dir: Path, cfg: TrainConfig, agent: Any, buffer: ReplayBuffer,
+def write_checkpoint(run_dir: Path, cfg: TrainConfig, spec: EnvSpec, agent: Any, buffer: ReplayBuffer,
                      counters: RunCounters, world: distributed.World = distributed.SINGLE) -> None:
     """This rank's checkpoint: every rank writes its own file (its replay shard and RNGs differ)."""
     agent_state = agent.state_dict()
     check_weights(agent_state, counters.env_step, agent.updates_done)  # never replace a good checkpoint with NaNs
     buffer_state = buffer.state_dict() if cfg.checkpoint_buffer else None
-    payload = training_payload(cfg.to_json(), counters, agent_state, buffer_state)
+    payload = training_payload(cfg.to_json(), counters, agent_state, buffer_state, spec)
     payload["world_size"] = world.size  # a resume must bring as many ranks
     save_checkpoint(run_dir / distributed.checkpoint_name(world.rank), payload)
 
@@ -212,8 +234,10 @@ def describe_scale(cfg: TrainConfig, mine: TrainConfig, world: distributed.World
 
 def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
           stop: StopRequest | None = None, resume: dict[str, Any] | None = None,
+          callback: Callable[[dict[str, Any]], bool | None] | None = None,
           world: distributed.World = distributed.SINGLE) -> dict[str, Any]:
     """Run (or, given a checkpoint as `resume`, continue) training to `cfg.total_steps`.
+    `callback(row)` sees each metrics row; returning False stops the run as a signal does.
 
     Every `checkpoint_every` env steps the running episodes are cut and the envs rebuilt from
     `env_seed(seed, env_step)`; an uninterrupted run does this too, so a run resumed from that
@@ -235,10 +259,11 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
 
     envs = TorchVecEnv(spec, mine.num_envs, env_seed(seed, start.env_step), device)
     eval_share = distributed.episode_share(cfg.eval_episodes, world)  # each rank plays its part of the episodes
-    eval_envs = TorchVecEnv(spec, max(1, min(eval_share, 16)), seed + 100_003, device)
+    eval_envs = TorchVecEnv(spec, max(1, min(eval_share, MAX_EVAL_ENVS)), seed + 100_003, device, role="eval")
     agent = build_agent(spec, dataclasses.replace(cfg, seed=seed), device, use_compile)
     buffer = ReplayBuffer(mine.buffer_size, mine.num_envs, spec.obs_shape, spec.obs_dtype, spec.action_shape,
-                          spec.action_dtype, device, seed=seed)
+                          spec.action_dtype, device, seed=seed, frame_stack=spec.frame_stack, n_step=cfg.n_step,
+                          gamma=cfg.gamma, prioritized=cfg.prioritized, per_alpha=cfg.per_alpha, per_eps=cfg.per_eps)
     obs = envs.reset()
     log = RunLog(run_dir, {**cfg.to_json(), "compile_resolved": use_compile, "device_resolved": str(device)},
                  append=resume is not None) if world.is_main else None  # rank 0 writes the run folder
@@ -249,8 +274,11 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
     if world.is_main:
         print(f"fastrl: {resume_note(resume, cfg)}{cfg.algo} on {cfg.env} ({spec.backend}), seed {cfg.seed}, "
               f"device {device}, compile {use_compile}{', CUDA graph' if cfg.cuda_graph else ''}, "
-              f"{describe_scale(cfg, mine, world)}, {cfg.updates_per_train} updates every {cfg.train_every} vector "
-              f"steps (updates/transition {cfg.updates_per_transition:.4g}, replay ratio {cfg.replay_ratio:.4g}); "
+              f"precision {cfg.precision}, {describe_scale(cfg, mine, world)}, "
+              f"{f'{cfg.n_step}-step returns, ' if cfg.n_step > 1 else ''}"
+              f"{'prioritized replay, ' if cfg.prioritized else ''}"
+              f"{cfg.updates_per_train} updates every {cfg.train_every} vector steps "
+              f"(updates/transition {cfg.updates_per_transition:.4g}, replay ratio {cfg.replay_ratio:.4g}); "
               f"run folder {run_dir}", file=sys.stderr)
 
     action_low = torch.tensor(spec.action_low, device=device) if not spec.discrete else None
@@ -286,8 +314,12 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
             # (len(buffer) only binds after a resume without the buffer, which refills it first.)
             if train_phase_due(vector_step, cfg.num_envs, cfg.train_every, learn_from) and len(buffer) > 0:
                 # One index draw for all k mini-batches of the phase.
-                for batch in buffer.sample_batches(cfg.updates_per_train, mine.batch_size):
-                    window.add(agent.update(batch))
+                beta = linear(cfg.per_beta, 1.0, cfg.total_steps, env_step) if cfg.prioritized else None
+                for batch in buffer.sample_batches(cfg.updates_per_train, mine.batch_size, beta=beta):
+                    metrics = agent.update(batch)
+                    if batch.indices is not None:  # prioritized replay: the samples' new priorities
+                        buffer.update_priorities(batch.indices, metrics.pop("td_abs"))
+                    window.add(metrics)
 
             step = envs.recv()
             buffer.add(obs, actions, step.reward, step.terminated, valid=~step.is_reset_step)
@@ -302,7 +334,8 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
             evaluation = None
             if done or (cfg.eval_every and env_step - last_eval_step >= cfg.eval_every):
                 t_eval = time.perf_counter()
-                eval_returns = distributed.pool_returns(world, evaluate_policy(agent.greedy, eval_envs, eval_share))
+                eval_returns = distributed.pool_returns(
+                    world, evaluate_policy(evaluation_policy(agent), eval_envs, eval_share))
                 eval_s += time.perf_counter() - t_eval
                 evaluation = mean_std(eval_returns)
                 best_eval = max(best_eval, evaluation[0])
@@ -331,6 +364,8 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
                 }
                 if log is not None:
                     log.write(row)
+                if callback is not None and callback(dict(row)) is False:
+                    stop.by_caller = True  # as a signal does: a checkpoint below, then out
                 check_metrics(means, env_step, agent.updates_done)  # a NaN in any update makes its mean NaN
                 progress.update(env_step - start.env_step, row)
                 window.reset()
@@ -346,13 +381,13 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
                 envs.close()
                 envs = TorchVecEnv(spec, mine.num_envs, env_seed(seed, env_step), device)
                 obs = envs.reset()
-                write_checkpoint(run_dir, cfg, agent, buffer, counters(), world)
+                write_checkpoint(run_dir, cfg, spec, agent, buffer, counters(), world)
                 saved_at = env_step
             if halt.requested:
                 break
         if saved_at != env_step:  # the end, or a stop between checkpoints
             end_segment(buffer, obs, spec)
-            write_checkpoint(run_dir, cfg, agent, buffer, counters(), world)
+            write_checkpoint(run_dir, cfg, spec, agent, buffer, counters(), world)
             saved_at = env_step
         distributed.barrier(world, "the end-of-run barrier")  # every rank's checkpoint is written
     except (NonFiniteError, distributed.ReplicaMismatchError, distributed.PeerLostError) as exc:
@@ -381,7 +416,7 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
         "updates_per_transition": cfg.updates_per_transition, "replay_ratio": cfg.replay_ratio,
         "world_size": world.size, "batch_size_per_rank": mine.batch_size,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "torch_version": torch.__version__, "compile": use_compile,
+        "torch_version": torch.__version__, "compile": use_compile, "precision": cfg.precision,
         "interrupted": (halt.requested and vector_step + 1 < cfg.num_vector_steps) or forced_stop,
         "stop_signal": halt.name or stop.name or None, "exit_code": halt.exit_code if halt.requested else 0,
         "forced_stop": forced_stop, "error": str(failure) if failure else None,
@@ -402,14 +437,19 @@ def resume_command(run_dir: str, world: distributed.World) -> str:
     return f"torchrun --nproc-per-node N -m fastrl.train --resume {shlex.quote(run_dir)} ({world.size} processes in all)"
 
 
+def checkpoint_kept(summary: dict[str, Any]) -> str:
+    saved, run_dir = summary["checkpoint_env_step"], summary["run_dir"]
+    return (f"the last good checkpoint (env step {saved}) is kept in {run_dir}" if saved is not None
+            else f"no checkpoint had been written yet in {run_dir}")
+
+
 def report(summary: dict[str, Any], world: distributed.World = distributed.SINGLE) -> int:
     """One line on stderr saying how the run ended; returns the exit code. With N ranks, rank 0
     speaks for all, and every rank reports its own failure."""
     run_dir = summary["run_dir"]
     resume_cmd = resume_command(run_dir, world)
     saved = summary["checkpoint_env_step"]
-    kept = (f"the last good checkpoint (env step {saved}) is kept in {run_dir}" if saved is not None
-            else f"no checkpoint had been written yet in {run_dir}")
+    kept = checkpoint_kept(summary)
     if summary["error"]:
         hint = next(h for code, h in FAILURES.values() if code == summary["exit_code"])
         print(f"python -m fastrl.train: error: {summary['error']}; stopped, {kept}{hint}", file=sys.stderr)
@@ -440,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg, resume = resume_config(args) if args.resume else (config_from_namespace(args, notes), None)
         if resume is not None:
             resume = distributed.rank_resume_state(world, args.resume, resume)
-        spec, device = check_setup(cfg, world)
+        spec, device = check_setup(cfg, world=world)
         device = distributed.rank_device(world, device)
     except ConfigError as exc:
         print(f"python -m fastrl.train: error: {exc}", file=sys.stderr)
@@ -470,5 +510,16 @@ def main(argv: list[str] | None = None) -> int:
     return report(summary, world)
 
 
+class _CallableModule(types.ModuleType):
+    def __call__(self, config: TrainConfig, *, env_fn: Any = None,
+                 callback: Callable[[dict[str, Any]], bool | None] | None = None) -> dict[str, Any]:
+        """`fastrl.train(config, env_fn=None, callback=None)`: see `fastrl.api.train`."""
+        from fastrl.api import train as api_train
+
+        return api_train(config, env_fn=env_fn, callback=callback)
+
+
 if __name__ == "__main__":
     sys.exit(main())
+else:
+    sys.modules[__name__].__class__ = _CallableModule

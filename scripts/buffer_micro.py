@@ -1,21 +1,30 @@
 """Replay-buffer micro timings behind the speed issue's targets, medians of 7 repetitions.
 
-    python scripts/buffer_micro.py
+    python scripts/buffer_micro.py            # uniform sample and add, then the prioritized pair
+    python scripts/buffer_micro.py --per      # only the prioritized pair, for each sum-tree backend
+    /tmp/cpprb-venv/bin/python scripts/buffer_micro.py --cpprb   # the same pair in cpprb (numpy only)
 
 sample(256) from a full 1e6 buffer (obs 17, act 6, HalfCheetah-shaped rows) as one call (stacked, and
 as the trainer's list of batches) and as one draw of 16 batches, and add of 8 envs one vector step
 at a time and in chunks of 32 and 128 steps.
+
+The prioritized pair: sample(256) and the priority update of those 256 rows, from a full 1e6
+prioritized buffer of the same rows, for the numba sum tree (the CPU default), the torch tree on
+CPU (the code CUDA runs) and the same vectorized tree in numpy (what numba buys). `--cpprb` times
+cpprb's PrioritizedReplayBuffer (a C++ segment tree) on the same pair; it imports neither torch nor
+fastrl, so it runs in a venv of its own: `python3 -m venv /tmp/cpprb-venv && /tmp/cpprb-venv/bin/pip
+install cpprb`.
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
 
 import numpy as np
-import torch
 
-from fastrl.buffer import ReplayBuffer
+OBS, ACT, CAPACITY, NUM_ENVS, CHUNK, BATCH = 17, 6, 1_000_000, 8, 1000, 256
 
 
 def median_us(fn: Callable[[], object], calls: int, repeats: int = 7) -> float:
@@ -30,25 +39,109 @@ def median_us(fn: Callable[[], object], calls: int, repeats: int = 7) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def main() -> int:
-    torch.set_num_threads(1)
-    num_envs, chunk = 8, 1000
-    full = ReplayBuffer(1_000_000, num_envs, (17,), torch.float32, (6,), torch.float32, torch.device("cpu"), seed=0)
-    for _ in range(1_000_000 // (num_envs * chunk) + 1):
-        full.add(torch.randn(chunk, num_envs, 17), torch.randn(chunk, num_envs, 6), torch.randn(chunk, num_envs),
-                 torch.zeros(chunk, num_envs), np.ones((chunk, num_envs), dtype=bool))
+def full_buffer(capacity: int = CAPACITY, **kwargs):
+    """A full HalfCheetah-shaped fastrl buffer of 8 envs, filled in chunks."""
+    import torch
+
+    from fastrl.buffer import ReplayBuffer
+
+    buf = ReplayBuffer(capacity, NUM_ENVS, (OBS,), torch.float32, (ACT,), torch.float32, torch.device("cpu"),
+                       seed=0, **kwargs)
+    chunk = min(CHUNK, buf.steps - 1)
+    for _ in range(capacity // (NUM_ENVS * chunk) + 1):
+        buf.add(torch.randn(chunk, NUM_ENVS, OBS), torch.randn(chunk, NUM_ENVS, ACT), torch.randn(chunk, NUM_ENVS),
+                torch.zeros(chunk, NUM_ENVS), np.ones((chunk, NUM_ENVS), dtype=bool))
+    return buf
+
+
+def uniform_timings() -> None:
+    import torch
+
+    from fastrl.buffer import ReplayBuffer
+
+    full = full_buffer()
     print(f"buffer of {len(full)} sampleable rows, torch {torch.__version__}, 1 thread")
     print(f"sample(1, 256):            {median_us(lambda: full.sample(1, 256), 2000):7.1f} us")
     print(f"sample_batches(1, 256):    {median_us(lambda: full.sample_batches(1, 256), 2000):7.1f} us  "
           "(the trainer's call at one update per phase)")
     print(f"sample(16, 256) per batch: {median_us(lambda: full.sample(16, 256), 300) / 16:7.1f} us")
     for steps in (1, 32, 128):
-        buf = ReplayBuffer(100_000, num_envs, (17,), torch.float32, (6,), torch.float32, torch.device("cpu"), seed=0)
-        lead = (steps, num_envs) if steps > 1 else (num_envs,)
-        args = (torch.randn(*lead, 17), torch.randn(*lead, 6), torch.randn(*lead), torch.zeros(*lead),
+        buf = ReplayBuffer(100_000, NUM_ENVS, (OBS,), torch.float32, (ACT,), torch.float32, torch.device("cpu"), seed=0)
+        lead = (steps, NUM_ENVS) if steps > 1 else (NUM_ENVS,)
+        args = (torch.randn(*lead, OBS), torch.randn(*lead, ACT), torch.randn(*lead), torch.zeros(*lead),
                 np.ones(lead, dtype=bool))
         per_call = median_us(lambda: buf.add(*args), 2000 if steps == 1 else 300)
-        print(f"add {steps:>3} step(s) x {num_envs} envs:    {per_call / (steps * num_envs):7.3f} us per transition")
+        print(f"add {steps:>3} step(s) x {NUM_ENVS} envs:    {per_call / (steps * NUM_ENVS):7.3f} us per transition")
+
+
+def prioritized_pair(backend: str, capacity: int = CAPACITY) -> Callable[[], object]:
+    """sample(256) + update_priorities of its rows, on a full fastrl buffer with this sum tree."""
+    import torch
+
+    buf = full_buffer(capacity, prioritized=True, per_backend=backend)
+    td = torch.rand(BATCH, generator=torch.Generator().manual_seed(0))
+
+    def pair():
+        batch = buf.sample_batches(1, BATCH, beta=0.4)[0]
+        buf.update_priorities(batch.indices, td)
+
+    return pair
+
+
+def prioritized_timings(capacity: int = CAPACITY, calls: int = 2000) -> None:
+    import torch
+
+    print(f"prioritized buffer of {capacity} rows, torch {torch.__version__}, 1 thread")
+    for backend in ("numba", "torch", "numpy"):
+        pair = prioritized_pair(backend, capacity)
+        print(f"sample(1, 256) + update_priorities(256), {backend:>5} tree: {median_us(pair, calls):8.1f} us")
+
+
+def cpprb_pair(capacity: int = CAPACITY) -> Callable[[], object]:
+    """The same pair on cpprb's PrioritizedReplayBuffer (alpha 0.6, beta 0.4), filled in chunks."""
+    from cpprb import PrioritizedReplayBuffer
+
+    rb = PrioritizedReplayBuffer(capacity, {"obs": {"shape": OBS}, "act": {"shape": ACT}, "rew": {},
+                                            "next_obs": {"shape": OBS}, "done": {}}, alpha=0.6)
+    rng = np.random.default_rng(0)
+    rows = NUM_ENVS * CHUNK
+    for _ in range(capacity // rows + 1):
+        rb.add(obs=rng.standard_normal((rows, OBS), dtype=np.float32), act=rng.standard_normal((rows, ACT)),
+               rew=rng.standard_normal(rows), next_obs=rng.standard_normal((rows, OBS), dtype=np.float32),
+               done=np.zeros(rows))
+    td = rng.random(BATCH)
+
+    def pair():
+        sample = rb.sample(BATCH, beta=0.4)
+        rb.update_priorities(sample["indexes"], td)
+
+    return pair
+
+
+def cpprb_timings(capacity: int = CAPACITY, calls: int = 2000) -> None:
+    from importlib.metadata import version
+
+    print(f"cpprb {version('cpprb')} PrioritizedReplayBuffer of {capacity} rows")
+    print(f"sample(256) + update_priorities(256), cpprb: {median_us(cpprb_pair(capacity), calls):8.1f} us")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--per", action="store_true", help="only the prioritized pair, every fastrl sum tree")
+    which.add_argument("--cpprb", action="store_true", help="only the prioritized pair in cpprb (no torch needed)")
+    parser.add_argument("--capacity", type=int, default=CAPACITY, help="rows of the prioritized buffers")
+    parser.add_argument("--calls", type=int, default=2000, help="timed calls per repetition of the pair")
+    args = parser.parse_args(argv)
+    if args.cpprb:
+        cpprb_timings(args.capacity, args.calls)
+        return 0
+    import torch
+
+    torch.set_num_threads(1)
+    if not args.per:
+        uniform_timings()
+    prioritized_timings(args.capacity, args.calls)
     return 0
 
 

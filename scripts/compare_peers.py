@@ -1,24 +1,34 @@
-"""Same workload through fastrl and Stable-Baselines3, in one run, on this machine; prints the ratio.
+"""Same workload through fastrl and its peers, Stable-Baselines3 (PyTorch) and SBX (SB3 in JAX), in
+one run, on this machine; prints each peer's speed ratio to fastrl.
 
-    pip install -e '.[peers]'
+    pip install -e '.[peers,sbx]'
     python scripts/compare_peers.py dqn            # DQN CartPole-v1, CleanRL's settings (MSE), 100k steps
     python scripts/compare_peers.py dqn --dqn-loss huber   # the same with SB3's Huber loss clipped at 10
     python scripts/compare_peers.py td3            # TD3 Pendulum-v1, batch 256, 256-256, UTD 1
-    python scripts/compare_peers.py ddpg --threads 2   # DDPG, same settings; both sides on 2 threads
-    python scripts/compare_peers.py dqn --sb3-envs 1 8 --out cmp.json
+    python scripts/compare_peers.py ddpg --threads 2   # DDPG, same settings; all sides on 2 threads
+    python scripts/compare_peers.py sac            # SAC Pendulum-v1, the same settings, auto entropy
+    python scripts/compare_peers.py dqn --peers sb3 --sb3-envs 1 8 --out cmp.json
 
-Wall time covers env creation, model creation and training on both sides; imports are excluded.
-The update-to-data ratio (gradient updates per env transition) and the batch size are equal on
-both sides and printed, so the speed ratio compares equal work; final greedy returns are printed
-beside it, so it compares equal learning too.
+Wall time covers env creation, model creation and training on every side (JAX's and torch.compile's
+compilation included); imports are excluded. The update-to-data ratio (gradient updates per env
+transition) and the batch size are equal on all sides and printed, so the speed ratio compares
+equal work; final greedy returns are printed beside it, so it compares equal learning too.
+
+Where SBX cannot be set like the others, the printout says so: its DQN has no gradient clipping
+(--dqn-loss huber clips on the other sides) and its Q-net is n×n (n the first of net_arch: CleanRL's
+120-84 runs as 120-120). SB3 runs on the CPU (--peers-device), and so does SBX (JAX_PLATFORMS);
+with --threads 1 XLA is held to one thread too, otherwise it takes its default.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
+import importlib.util
 import json
 import math
+import os
 import sys
 import time
 import types
@@ -29,8 +39,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastrl.config import resolve
+from fastrl.config import ConfigError, resolve
+from fastrl.learner import PRECISIONS
 from fastrl.train import check_setup, train
+
+PEER_MODULES = {"sb3": "stable_baselines3", "sbx": "sbx"}
+PEERS = tuple(PEER_MODULES)
 
 
 @dataclass
@@ -41,7 +55,7 @@ class Workload:
     sb3_algo: str
     sb3_kwargs: dict
     sb3_updates_per_transition: float  # gradient_steps / (train_freq * n_envs), filled per n_envs
-    sb3_mse_loss: bool = False  # SB3's DQN hard-codes the Huber loss: swap in MSE for its run
+    sb3_mse_loss: bool = False  # SB3's and SBX's DQN hard-code the Huber loss: swap in MSE for their runs
 
 
 def dqn_workload(steps: int, num_envs: int, loss: str = "mse") -> Workload:
@@ -85,14 +99,29 @@ def ddpg_workload(steps: int, num_envs: int) -> Workload:
     return Workload(work.env_id, steps, fastrl, "DDPG", sb3, 1.0)
 
 
-WORKLOADS = {"dqn": dqn_workload, "td3": td3_workload, "ddpg": ddpg_workload}
+def sac_workload(steps: int, num_envs: int) -> Workload:
+    # As td3_workload: one env, batch 256, 256-256, one update per env step, the same random start;
+    # the entropy coefficient tuned automatically towards -dim(A) (the peers' default), a critic
+    # and actor update every step (fastrl: --policy-delay 1), soft targets every update.
+    work = td3_workload(steps, num_envs)
+    fastrl = {k: v for k, v in work.fastrl.items() if k != "exploration_noise"}
+    fastrl.update(algo="sac", policy_delay=1)
+    sb3 = {k: v for k, v in work.sb3_kwargs.items() if k != "policy_delay"}
+    return Workload(work.env_id, steps, fastrl, "SAC", sb3, 1.0)
+
+
+WORKLOADS = {"dqn": dqn_workload, "td3": td3_workload, "ddpg": ddpg_workload, "sac": sac_workload}
 
 
 def run_fastrl(work: Workload, seed: int, run_dir: Path, threads: int) -> dict:
-    cfg = resolve({**work.fastrl, "seed": seed, "run_dir": str(run_dir / f"fastrl-{seed}"), "progress": False,
-                   "threads": threads})
     t0 = time.perf_counter()
-    spec, device = check_setup(cfg)
+    try:
+        cfg = resolve({**work.fastrl, "seed": seed, "run_dir": str(run_dir / f"fastrl-{seed}"), "progress": False,
+                       "threads": threads})
+        spec, device = check_setup(cfg)
+    except ConfigError as exc:  # e.g. an algorithm this fastrl does not have yet: the peers still run
+        print(f"compare_peers: fastrl cannot run this workload: {exc}", file=sys.stderr)
+        return {"wall_s": math.nan, "error": str(exc)}
     summary = train(cfg, spec, device, t0)
     # The final greedy evaluation is timed apart and left out, as it is on the SB3 side.
     return {"wall_s": time.perf_counter() - t0 - summary["eval_s"], "eval_s": summary["eval_s"],
@@ -101,33 +130,60 @@ def run_fastrl(work: Workload, seed: int, run_dir: Path, threads: int) -> dict:
             "updates_per_transition": summary["updates_per_transition"], "batch_size": cfg.batch_size}
 
 
-def run_sb3(work: Workload, seed: int, n_envs: int) -> dict:
-    import stable_baselines3 as sb3
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.evaluation import evaluate_policy
+def peer_module(peer: str, device: str) -> types.ModuleType:
+    """`stable_baselines3` or `sbx`; SBX's JAX is pointed at `device` before its first import."""
+    if peer == "sbx":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu" if device == "cpu" else "cuda")
+    return importlib.import_module(PEER_MODULES[peer])
 
+
+def peer_kwargs(peer: str, work: Workload, n_envs: int) -> tuple[dict, float]:
+    """The peer's constructor settings for `work` with `n_envs` envs, and its updates per transition."""
     kwargs = dict(work.sb3_kwargs)
     if work.sb3_algo == "DQN":
         # One update per 10 transitions with n_envs envs: train every 10 vector steps, n_envs updates.
         kwargs.update(train_freq=10, gradient_steps=n_envs)
-        upt = n_envs / (10 * n_envs)
-    else:
-        kwargs.update(train_freq=1, gradient_steps=n_envs)
-        upt = n_envs / n_envs
-        if kwargs.get("action_noise") is None:
-            from stable_baselines3.common.noise import NormalActionNoise
+        if peer == "sbx":
+            kwargs.pop("max_grad_norm")  # SBX's DQN does not clip
+            # SB3 counts its target period in transitions (vector steps x n_envs), SBX in vector steps
+            kwargs["target_update_interval"] = max(kwargs["target_update_interval"] // n_envs, 1)
+        return kwargs, n_envs / (10 * n_envs)
+    kwargs.update(train_freq=1, gradient_steps=n_envs)
+    if peer == "sbx":
+        kwargs["qf_learning_rate"] = kwargs["learning_rate"]  # SBX's DDPG defaults its critic to 1e-3
+    if work.sb3_algo in ("TD3", "DDPG") and kwargs.get("action_noise") is None:  # SAC explores by its entropy
+        from stable_baselines3.common.noise import NormalActionNoise
 
-            kwargs["action_noise"] = NormalActionNoise(np.zeros(1), 0.1 * 2.0 * np.ones(1))
-    loss_swap = contextlib.nullcontext()
-    if work.sb3_mse_loss:  # SB3's DQN module calls F.smooth_l1_loss; only that module sees MSE instead
+        kwargs["action_noise"] = NormalActionNoise(np.zeros(1), 0.1 * 2.0 * np.ones(1))
+    return kwargs, n_envs / n_envs
+
+
+def mse_instead_of_huber(peer: str) -> contextlib.AbstractContextManager:
+    """SB3's and SBX's DQN compute a Huber loss; only their DQN module sees the squared error instead."""
+    if peer == "sb3":  # torch: SB3's DQN module calls F.smooth_l1_loss
         import stable_baselines3.dqn.dqn as sb3_dqn
 
         functional = types.SimpleNamespace(**{**vars(torch.nn.functional), "smooth_l1_loss": torch.nn.functional.mse_loss})
-        loss_swap = unittest.mock.patch.object(sb3_dqn, "F", functional)
+        return unittest.mock.patch.object(sb3_dqn, "F", functional)
+    import optax
+    import sbx.dqn.dqn as sbx_dqn  # JAX: optax.huber_loss, looked up when its update is first traced
+
+    squared = types.SimpleNamespace(**{**vars(optax), "huber_loss": optax.squared_error})
+    return unittest.mock.patch.object(sbx_dqn, "optax", squared)
+
+
+def run_peer(peer: str, work: Workload, seed: int, n_envs: int, device: str) -> dict:
+    lib = peer_module(peer, device)
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    kwargs, upt = peer_kwargs(peer, work, n_envs)
+    loss_swap = mse_instead_of_huber(peer) if work.sb3_mse_loss else contextlib.nullcontext()
+    device_kwarg = {"device": device} if peer == "sb3" else {}
     t0 = time.perf_counter()
     with loss_swap:
         env = make_vec_env(work.env_id, n_envs=n_envs, seed=seed)
-        model = getattr(sb3, work.sb3_algo)("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **kwargs)
+        model = getattr(lib, work.sb3_algo)("MlpPolicy", env, seed=seed, verbose=0, **device_kwarg, **kwargs)
         model.learn(total_timesteps=work.total_steps)
     wall = time.perf_counter() - t0
     eval_env = make_vec_env(work.env_id, n_envs=1, seed=seed + 100_003)
@@ -137,28 +193,54 @@ def run_sb3(work: Workload, seed: int, n_envs: int) -> dict:
             "batch_size": kwargs["batch_size"], "num_envs": n_envs}
 
 
+def peer_notes(peers: list[str], work: Workload) -> list[str]:
+    """What a peer runs differently from the others on this workload."""
+    notes = []
+    if "sbx" in peers and work.sb3_algo == "DQN":
+        arch = work.sb3_kwargs["policy_kwargs"]["net_arch"]
+        notes.append(f"sbx: DQN Q-net {arch[0]}-{arch[0]} (SBX's DQN takes only the first of net_arch {arch})")
+        if math.isfinite(work.sb3_kwargs["max_grad_norm"]):
+            notes.append(f"sbx: no gradient clipping (the others clip at {work.sb3_kwargs['max_grad_norm']:g})")
+    return notes
+
+
+def installed(peer: str) -> bool:
+    return importlib.util.find_spec(PEER_MODULES[peer]) is not None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workload", choices=tuple(WORKLOADS))
-    parser.add_argument("--steps", type=int, default=None, help="env steps (default: dqn 100k, td3 15k)")
+    parser.add_argument("--steps", type=int, default=None, help="env steps (default: dqn 100k, the others 15k)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
-    parser.add_argument("--sb3-envs", type=int, nargs="+", default=[1], help="SB3 vector sizes to run")
+    parser.add_argument("--peers", nargs="+", choices=PEERS, default=None,
+                        help="peers to run (default: those installed of sb3, sbx)")
+    parser.add_argument("--sb3-envs", type=int, nargs="+", default=[1], help="the peers' vector sizes to run")
     parser.add_argument("--fastrl-envs", type=int, default=64, help="fastrl's vector size for dqn (default 64)")
     parser.add_argument("--dqn-loss", choices=("mse", "huber"), default="mse",
                         help="dqn: CleanRL's MSE without clipping (default), or SB3's Huber clipped at 10")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads, the same for both sides (default 1, fastrl's CPU default)")
+    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
+                        help="fastrl's --precision (SB3 and SBX train in fp32 either way)")
+    parser.add_argument("--peers-device", choices=("cpu", "cuda"), default="cpu",
+                        help="where SB3 trains (its device) and SBX's JAX runs (JAX_PLATFORMS); default cpu")
     parser.add_argument("--run-dir", default="runs/compare", help="fastrl run folders go here")
     parser.add_argument("--out", default=None, help="write all results as JSON here")
     args = parser.parse_args(argv)
-    try:
-        import stable_baselines3  # noqa: F401
-    except ImportError:
-        print("compare_peers: stable-baselines3 is not installed; pip install -e '.[peers]'", file=sys.stderr)
+    peers = args.peers or [p for p in PEERS if installed(p)]
+    missing = [p for p in peers if not installed(p)]
+    if missing or not peers:
+        extra = {"sb3": "peers", "sbx": "sbx"}
+        print(f"compare_peers: --peers: {', '.join(missing) or 'none'} not installed; pip install -e "
+              f"'.[{','.join(extra[p] for p in (missing or PEERS))}]'", file=sys.stderr)
         return 2
+    if args.threads == 1 and "sbx" in peers:  # before JAX's first import: one XLA CPU thread, like torch's
+        os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
     steps = args.steps or (100_000 if args.workload == "dqn" else 15_000)
     work = (dqn_workload(steps, args.fastrl_envs, args.dqn_loss) if args.workload == "dqn"
             else WORKLOADS[args.workload](steps, args.fastrl_envs))
+    work.fastrl["precision"] = args.precision
     # Imports stay out of the timing on both sides: fastrl plots its learning curve with matplotlib
     # and builds envpool envs (whose import registers every env id).
     import envpool  # noqa: F401
@@ -168,22 +250,32 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         results["fastrl"].append(run_fastrl(work, seed, Path(args.run_dir), args.threads))
         torch.set_num_threads(args.threads)
-        for n_envs in args.sb3_envs:
-            results.setdefault(f"sb3_{n_envs}env", []).append(run_sb3(work, seed, n_envs))
-    print(f"\n{args.workload} {work.env_id}, {work.total_steps} env steps, torch {torch.__version__}, "
+        for peer in peers:
+            for n_envs in args.sb3_envs:
+                results.setdefault(f"{peer}_{n_envs}env", []).append(
+                    run_peer(peer, work, seed, n_envs, args.peers_device))
+    versions = ", ".join(f"{p} {importlib.import_module(PEER_MODULES[p]).__version__}" for p in peers)
+    print(f"\n{args.workload} {work.env_id}, {work.total_steps} env steps, torch {torch.__version__}, {versions}, "
           f"{torch.get_num_threads()} threads; wall s = env and model creation + training (no eval)")
+    for note in peer_notes(peers, work):
+        print(f"note: {note}")
     print(f"{'run':<10} {'seed':>4} {'envs':>4} {'wall s':>8} {'SPS':>8} {'updates':>8} {'upd/trans':>9} {'batch':>6} "
           f"{'eval return':>11}")
     for name, rows in results.items():
         for seed, r in zip(args.seeds, rows):
+            if "error" in r:
+                print(f"{name:<10} {seed:>4} did not run: {r['error']}")
+                continue
             print(f"{name:<10} {seed:>4} {r['num_envs']:>4} {r['wall_s']:>8.2f} {r['env_steps'] / r['wall_s']:>8.0f} "
                   f"{r['updates']:>8} {r['updates_per_transition']:>9.3g} {r['batch_size']:>6} "
                   f"{r['final_eval_return_mean']:>11.1f}")
     ours = float(np.mean([r["wall_s"] for r in results["fastrl"]]))
+    print(f"{'peer':<10} {'mean wall s':>11} {'peer / fastrl wall time':>24}")
     for name, rows in results.items():
         if name != "fastrl":
             theirs = float(np.mean([r["wall_s"] for r in rows]))
-            print(f"speed ratio {name} / fastrl wall time: {theirs / ours:.2f}x")
+            ratio = f"{theirs / ours:.2f}x" if math.isfinite(ours) else "(no fastrl run)"
+            print(f"{name:<10} {theirs:>11.2f} {ratio:>24}")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     return 0 if all(math.isfinite(r["wall_s"]) for rows in results.values() for r in rows) else 1

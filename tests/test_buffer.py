@@ -1,10 +1,11 @@
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from fastrl.buffer import ReplayBuffer
+from fastrl.buffer import Batch, ReplayBuffer, available_bytes
 from fastrl.config import ConfigError
 from fastrl.envs import lookup_spec, TorchVecEnv
 from tests.counter_env import ENV_ID
@@ -229,15 +230,9 @@ def test_sample_batches_equals_the_stacked_sample_unbound(obs_dtype, obs_shape, 
             assert torch.equal(getattr(mine, name), getattr(ref, name)), name
 
 
-def _without_numpy_views(buf: ReplayBuffer) -> ReplayBuffer:
-    """Make a CPU buffer write through torch ops, as it does on CUDA (where no numpy view exists)."""
-    buf._frames_np = buf._scalars_np = buf._ring_np = buf._streams_np = buf._scalar_streams_np = None
-    return buf
-
-
 @pytest.mark.parametrize("obs_dtype", [torch.uint8, torch.float32])
 def test_device_write_path_equals_the_numpy_view_path(obs_dtype):
-    """The torch-op writes used on CUDA store exactly what the CPU numpy-view writes store, one
+    """The torch-view writes used on CUDA store exactly what the CPU numpy-view writes store, one
     step at a time and in chunks, across wraps and auto-reset rows."""
     rng = np.random.default_rng(5)
     n, total = 3, 40
@@ -245,8 +240,9 @@ def test_device_write_path_equals_the_numpy_view_path(obs_dtype):
     actions = torch.randn(total, n, 2)
     rewards, terminated = torch.randn(total, n), (torch.rand(total, n) < 0.2).float()
     valid = rng.random((total, n)) > 0.25
-    bufs = [ReplayBuffer(n * 9, n, (2, 2), obs_dtype, (2,), torch.float32, "cpu", seed=0) for _ in range(2)]
-    _without_numpy_views(bufs[1])
+    bufs = [ReplayBuffer(n * 9, n, (2, 2), obs_dtype, (2,), torch.float32, "cpu", seed=0, host_views=host)
+            for host in (True, False)]
+    assert bufs[0]._frames_np is not None and bufs[1]._frames_np is None
     for buf in bufs:
         for t in range(24):
             buf.add(obs[t], actions[t], rewards[t], terminated[t], valid[t])
@@ -258,3 +254,67 @@ def test_device_write_path_equals_the_numpy_view_path(obs_dtype):
         assert torch.equal(bufs[0].scalars, bufs[1].scalars)
     assert torch.equal(bufs[0].sampleable_rows(), bufs[1].sampleable_rows())
     assert len(bufs[0]) == len(bufs[1]) > 0
+
+
+@pytest.mark.parametrize("layout", [
+    dict(), dict(n_step=3, gamma=0.9), dict(prioritized=True, per_backend="torch"),
+    dict(frame_stack=2, n_step=2, gamma=0.9, prioritized=True, per_backend="torch"),
+], ids=["one-step", "n-step", "prioritized", "stacked-n-step-prioritized"])
+def test_device_write_path_copies_no_host_index_arrays(layout, monkeypatch):
+    """Steps where every env made a real transition write through slices and device-side ids: no
+    numpy array becomes a tensor (on CUDA: a host-to-device copy) per step or per chunk."""
+    n = 4
+    buf = ReplayBuffer(n * 30, n, (4, 3), torch.float32, (), torch.int64, "cpu", host_views=False, **layout)
+    step = (torch.ones(n, 4, 3), torch.zeros(n, dtype=torch.int64), torch.ones(n), torch.zeros(n))
+    chunk = tuple(x.expand(5, *x.shape) for x in step)
+    buf.add(*step, np.ones(n, bool))  # the first step starts every stack
+    calls = []
+    real = torch.from_numpy
+    monkeypatch.setattr(torch, "from_numpy", lambda a: calls.append(a.shape) or real(a))
+    for _ in range(40):
+        buf.add(*step, np.ones(n, bool))
+    buf.add(*chunk, np.ones((5, n), bool))
+    assert calls == []
+    buf.add(*step, np.array([True, False, True, True]))  # the rare step whose flags or rows are copied
+    buf.add(*step, np.ones(n, bool))
+    assert len(calls) > 0
+    assert len(buf) > 0
+
+
+def test_free_device_memory_counts_what_pytorch_holds_cached(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (3_000, 80_000))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 50_000)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 20_000)
+    assert available_bytes(torch.device("cuda")) == 3_000 + 30_000
+
+
+def test_a_checkpointed_buffer_from_before_nstep_replay_loads_and_goes_on():
+    """The TD3 Pendulum checkpoint of 26d69cf (its buffer kept only the newest step's flags)."""
+    state = torch.load(Path(__file__).parent / "data/legacy-26d69cf/td3/checkpoint.pt", weights_only=True)["buffer"]
+    assert "prev_valid" in state and "valid_history" not in state
+    buf = ReplayBuffer(1000, 1, (3,), torch.float32, (1,), torch.float32, "cpu")
+    buf.load_state_dict(state)
+    assert len(buf) == state["size"] > 0
+    rows = buf.sampleable_rows().clone()
+    batch = buf.gather(rows)
+    follows = rows[1:] == rows[:-1] + 1  # one env: consecutive rows are consecutive steps
+    assert follows.sum() > 300 and torch.equal(batch.next_obs[:-1][follows], batch.obs[1:][follows])
+    buf.add(torch.zeros(1, 3), torch.zeros(1, 1), torch.zeros(1), torch.zeros(1), np.ones(1, bool))
+    assert len(buf) == len(rows) + int(state["prev_valid"][0])
+    assert torch.equal(buf.sampleable_rows()[: len(rows)], rows)
+
+
+def test_batch_indexing_and_unbind_carry_the_optional_fields():
+    k, b = 3, 5
+    full = Batch(*(torch.randn(k, b) for _ in range(5)), discount=torch.rand(k, b), weights=torch.rand(k, b),
+                 indices=torch.arange(k * b).view(k, b))
+    plain = Batch(*(torch.randn(k, b) for _ in range(5)))
+    for stacked in (full, plain):
+        parts = stacked.unbind()
+        assert len(parts) == k
+        for i, part in enumerate(parts):
+            for mine, whole, indexed in zip(part._fields(), stacked._fields(), stacked[i]._fields()):
+                if whole is None:
+                    assert mine is None and indexed is None
+                else:
+                    assert torch.equal(mine, whole[i]) and torch.equal(indexed, whole[i])

@@ -1,15 +1,11 @@
 """The CUDA paths: run where a GPU exists, skipped cleanly elsewhere (no GPU on CI)."""
 
-import copy
-
 import numpy as np
 import pytest
 import torch
 
 from fastrl.buffer import ReplayBuffer
-from fastrl.config import resolve
-from fastrl.dqn import build_dqn
-from fastrl.envs import lookup_spec, TorchVecEnv
+from tests.graph_compare import assert_updates_match, buffer_batches, paired_agents
 
 pytestmark = pytest.mark.cuda
 
@@ -33,24 +29,14 @@ def test_device_buffer_matches_the_cpu_buffer(cuda_device):
         assert torch.equal(getattr(a, name), getattr(b, name).cpu()), name
 
 
-def test_graph_captured_update_equals_eager(cuda_device):
-    spec = lookup_spec("CartPole-v1")
-    cfg = resolve({"hidden_sizes": (64, 64)})
-    torch.manual_seed(0)
-    eager = build_dqn(spec, cfg, cuda_device, use_compile=False)
-    graphed = build_dqn(spec, cfg, cuda_device, use_compile=True)
-    graphed.q.load_state_dict(eager.q.state_dict())
-    graphed.q_target.load_state_dict(eager.q_target.state_dict())
-    buf = ReplayBuffer(4096, 8, spec.obs_shape, spec.obs_dtype, (), torch.int64, cuda_device)
-    envs = TorchVecEnv(spec, 8, 0, cuda_device)
-    obs = envs.reset()
-    for _ in range(200):
-        actions = eager.random_actions(8)
-        step = envs.step(actions)
-        buf.add(obs, actions, step.reward, step.terminated, ~step.is_reset_step)
-        obs = step.next_obs
-    for batch in buf.sample(20, 64).unbind():
-        m_e, m_g = eager.update(copy.copy(batch)), graphed.update(batch)
-        torch.testing.assert_close(m_e["loss"], m_g["loss"], rtol=1e-4, atol=1e-5)
-    for a, b in zip(eager.q.parameters(), graphed.q.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+@pytest.mark.parametrize("algo,env_id", [("td3", "Pendulum-v1"), ("dqn", "CartPole-v1")])
+def test_graph_captured_update_equals_eager(cuda_device, cold_compile, algo, env_id):
+    """--compile --cuda-graph, as a first run on a fresh machine meets it (cold compile cache):
+    the compiled update warms up and is captured on its static inputs (a recompile inside the
+    capture would break it), then replays; on strided buffer batches, with the lr changing every
+    update and TD3 alternating critic-only and actor updates, it gives the eager update's metrics
+    and states."""
+    spec, eager, graphed = paired_agents(algo, env_id, cuda_device, use_compile=True)
+    assert graphed.update_fn.enabled
+    assert_updates_match(eager, graphed, buffer_batches(spec, cuda_device, 16), rtol=1e-4, atol=1e-5)
+    assert graphed.update_fn.graphs_captured == (2 if algo == "td3" else 1)

@@ -49,9 +49,18 @@ def _member0(net):
     return lambda x: net(x.flatten(1))[0]
 
 
+def _replay_extras(n, seed, weighted):
+    """n-step discounts (γ^m, m in 1..3) and importance weights, as a prioritized n-step batch has."""
+    if not weighted:
+        return None, None
+    g = torch.Generator().manual_seed(100 + seed)
+    return 0.99 ** torch.randint(1, 4, (n,), generator=g).float(), torch.rand(n, generator=g) + 0.1
+
+
+@pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("loss,double,clip", [("huber", True, 10.0), ("huber", False, 0.05), ("mse", False, 0.05),
                                               ("mse", True, 0.0)])
-def test_manual_gradients_equal_autograd_of_the_same_loss(loss, double, clip):
+def test_manual_gradients_equal_autograd_of_the_same_loss(loss, double, clip, weighted):
     """The hand-written backward against autograd of `q_loss`, step by step from the same weights:
     the gradient itself (after clipping: with a binding clip its direction; its scale through the
     returned pre-clip norm), the norm, the loss, and the weights after each Adam step. Comparing
@@ -66,9 +75,10 @@ def test_manual_gradients_equal_autograd_of_the_same_loss(loss, double, clip):
     for step in range(5):
         b = _batch(seed=step)
         actions = b.actions.float()  # as the buffer delivers them
-        out_m = manual(b.obs, actions, b.rewards, b.next_obs, b.terminated)
-        out_a = autograd(b.obs, actions, b.rewards, b.next_obs, b.terminated)
-        assert out_m.keys() == out_a.keys() == {"loss", "mean_q", "grad_norm"}
+        discount, weights = _replay_extras(64, step, weighted)
+        out_m = manual(b.obs, actions, b.rewards, b.next_obs, b.terminated, discount, weights)
+        out_a = autograd(b.obs, actions, b.rewards, b.next_obs, b.terminated, discount, weights)
+        assert out_m.keys() == out_a.keys() == {"loss", "mean_q", "grad_norm"} | ({"td_abs"} if weighted else set())
         for name in out_m:
             torch.testing.assert_close(out_m[name], out_a[name], rtol=1e-5, atol=1e-6, msg=name)
         torch.testing.assert_close(o1.grads[0], o2.grads[0], rtol=1e-5, atol=1e-7)
@@ -160,7 +170,7 @@ def test_update_moves_q_towards_the_target():
 def test_dqn_learns_cartpole_seeded(tmp_path):
     """The default run, seed 1 (about 25 s on the 2-core CI machine): greedy CartPole returns end
     at >= 475 (a random policy gets ~22)."""
-    cfg = resolve({"seed": 1, "run_dir": str(tmp_path / "run"), "progress": False})
+    cfg = resolve({"device": "cpu", "seed": 1, "run_dir": str(tmp_path / "run"), "progress": False})
     spec, device = check_setup(cfg)
     summary = train(cfg, spec, device, 0.0)
     assert summary["final_eval_return_mean"] >= 475, summary
@@ -175,7 +185,7 @@ def test_dqn_learns_cartpole_seeded(tmp_path):
 @pytest.mark.parametrize("seed", [2, 3])
 def test_default_run_solves_cartpole(seed, tmp_path):
     """The README's promise: `python -m fastrl.train --seed S` ends at >= 475 in <= 60 s."""
-    cfg = resolve({"seed": seed, "run_dir": str(tmp_path / "run"), "progress": False})
+    cfg = resolve({"device": "cpu", "seed": seed, "run_dir": str(tmp_path / "run"), "progress": False})
     spec, device = check_setup(cfg)
     summary = train(cfg, spec, device, 0.0)
     assert summary["final_eval_return_mean"] >= 475, summary
@@ -184,7 +194,7 @@ def test_default_run_solves_cartpole(seed, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["soft", "hard"])
 def test_soft_and_hard_target_updates_both_learn(kind, tmp_path):
-    cfg = resolve({"seed": 1, "target_update": kind, "run_dir": str(tmp_path / "run"), "progress": False})
+    cfg = resolve({"device": "cpu", "seed": 1, "target_update": kind, "run_dir": str(tmp_path / "run"), "progress": False})
     spec, device = check_setup(cfg)
     assert train(cfg, spec, device, 0.0)["final_eval_return_mean"] >= 475
 
@@ -192,7 +202,7 @@ def test_soft_and_hard_target_updates_both_learn(kind, tmp_path):
 def test_breakout_runs_end_to_end_with_one_observation_per_transition(tmp_path):
     spec = lookup_spec("Breakout-v5")
     assert spec.obs_shape == (4, 84, 84)
-    cfg = resolve({"env": "Breakout-v5", "total_steps": 5_000, "learning_starts": 1_000, "buffer_size": 20_000,
+    cfg = resolve({"device": "cpu", "env": "Breakout-v5", "total_steps": 5_000, "learning_starts": 1_000, "buffer_size": 20_000,
                    "eval_episodes": 2, "run_dir": str(tmp_path / "run"), "progress": False})
     spec, device = check_setup(cfg)
     summary = train(cfg, spec, device, 0.0)

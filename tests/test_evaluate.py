@@ -35,10 +35,10 @@ if PAINT_ENV not in gym.registry:
 pytestmark = pytest.mark.filterwarnings("ignore:.*not within the observation space")
 
 
-def tiny_run(run_dir, env):
+def tiny_run(run_dir, env, *flags):
     args = ["--env", env, "--total-steps", "400", "--learning-starts", "100", "--batch-size", "16",
             "--buffer-size", "1000", "--hidden-sizes", "16", "--eval-episodes", "2", "--device", "cpu",
-            "--no-progress", "--run-dir", str(run_dir)]
+            "--no-progress", "--run-dir", str(run_dir), *flags]
     assert train_mod.main(args) == 0
     return run_dir
 

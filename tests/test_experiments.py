@@ -74,7 +74,8 @@ def test_report_and_plots_from_results(tmp_path):
 def test_tiny_experiment_end_to_end_and_resume(tmp_path, capsys):
     argv = ["--out", str(tmp_path), "--algos", "dqn", "--total-steps", "400", "--batch-sizes", "16", "32",
             "--targets", "hard:20", "soft:0.05", "--seeds", "1", "--threads", str(torch.get_num_threads()),
-            "--set", "learning_starts=200", "eval_episodes=2", "hidden_sizes=[16]", "num_envs=4"]
+            "--set", "learning_starts=200", "eval_episodes=2", "hidden_sizes=[16]", "num_envs=4",
+            "device=cpu"]  # on a GPU machine --device auto would compile every run afresh
     assert updates.main(argv) == 0
     err = capsys.readouterr().err
     assert "= 4 runs" in err and "replay ratio" in err

@@ -103,6 +103,7 @@ def _progress_every_call(init):
 @pytest.mark.parametrize("algo,env,names", [
     ("dqn", "CartPole-v1", {"loss", "mean_q", "grad_norm"}),
     ("td3", "Pendulum-v1", {"loss", "mean_q", "grad_norm", "actor_loss"}),
+    ("sac", "Pendulum-v1", {"loss", "mean_q", "grad_norm", "actor_loss", "alpha", "entropy", "alpha_loss"}),
 ])
 def test_each_algorithm_logs_its_metrics(algo, env, names, tmp_path):
     run = tmp_path / "run"

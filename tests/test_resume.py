@@ -68,8 +68,9 @@ def read_rows(run_dir):
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("algo,env", [("dqn", "CartPole-v1"), ("dqn", COUNTER_ENV), ("td3", "Pendulum-v1")],
-                         ids=["dqn-envpool", "dqn-gymnasium", "td3-envpool"])
+@pytest.mark.parametrize("algo,env", [("dqn", "CartPole-v1"), ("dqn", COUNTER_ENV), ("td3", "Pendulum-v1"),
+                                      ("sac", "Pendulum-v1")],
+                         ids=["dqn-envpool", "dqn-gymnasium", "td3-envpool", "sac-envpool"])
 def test_interrupted_and_resumed_run_is_bit_identical(algo, env, tmp_path, monkeypatch, one_thread):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert train_mod.main(small_run(straight, env, algo=algo)) == 0
@@ -190,11 +191,11 @@ def poison(after_calls, how):
         agent = build_dqn(spec, cfg, device, use_compile)
         clean, calls = agent.update_fn, [0]
 
-        def update_fn(obs, actions, rewards, next_obs, terminated):
+        def update_fn(obs, actions, rewards, next_obs, terminated, *replay):
             calls[0] += 1
             if calls[0] == after_calls and how == "reward":
                 rewards = rewards * float("nan")
-            out = clean(obs, actions, rewards, next_obs, terminated)
+            out = clean(obs, actions, rewards, next_obs, terminated, *replay)
             if calls[0] == after_calls and how == "weight":
                 next(agent.q.parameters()).data.view(-1)[0] = float("inf")
             return out

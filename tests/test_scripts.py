@@ -18,12 +18,13 @@ def run_script(*args: str) -> str:
 
 
 @pytest.mark.parametrize("args", [
+    # device=cpu: on a GPU machine --device auto would pick CUDA and compile every run afresh
     ["--algo", "td3", "--steps", "700", "--learning-starts", "400", "--threads", "1",
-     "--set", "batch_size=32", "hidden_sizes=[16,16]"],
+     "--set", "batch_size=32", "hidden_sizes=[16,16]", "device=cpu"],
     # the docstring's DQN form: settings of another algorithm must not leak in (they once did)
     ["--algo", "dqn", "--steps", "1200", "--learning-starts", "400", "--threads", "1",
      "--set", "env=CartPole-v1", "num_envs=8", "batch_size=32", "hidden_sizes=[16,16]", "train_every=2",
-     "updates_per_train=3"],
+     "updates_per_train=3", "device=cpu"],
 ])
 def test_loop_phases_times_every_call_of_the_learning_phase(args):
     out = run_script("scripts/loop_phases.py", *args)
@@ -53,3 +54,24 @@ def test_allreduce_cost_prints_a_row_per_workload_and_rank_count():
     assert len(rows) == 2, out
     dqn_floats = int(rows[0].split(")")[1].split()[1])
     assert dqn_floats == 67_586  # the preset's 4-256-256-2 Q-net, one flat gradient per update
+
+
+def test_precision_bench_prints_both_precisions_and_their_ratio():
+    out = run_script("scripts/precision_bench.py", "--threads", "1", "--algos", "ddpg", "dqn", "--updates", "3",
+                     "--repeats", "1")
+    rows = [line.split() for line in out.splitlines() if re.match(r"^\s+1\s+(ddpg|dqn)\s", line)]
+    assert [r[1] for r in rows] == ["ddpg", "dqn"]
+    for row in rows:
+        assert row[2] == "manual" and float(row[3]) > 0 and float(row[4]) > 0 and row[5].endswith("x")
+
+
+def test_buffer_micro_times_the_prioritized_pair_for_every_sum_tree():
+    out = run_script("scripts/buffer_micro.py", "--per", "--capacity", "20000", "--calls", "5")
+    backends = re.findall(r"^sample\(1, 256\) \+ update_priorities\(256\), +(\w+) tree: +[\d.]+ us$", out, re.M)
+    assert backends == ["numba", "torch", "numpy"], out
+
+
+def test_buffer_micro_times_cpprb_on_the_same_pair():
+    pytest.importorskip("cpprb", reason="cpprb lives in a venv of its own (see scripts/buffer_micro.py)")
+    out = run_script("scripts/buffer_micro.py", "--cpprb", "--capacity", "20000", "--calls", "5")
+    assert re.search(r"^sample\(256\) \+ update_priorities\(256\), cpprb: +[\d.]+ us$", out, re.M), out

@@ -1,0 +1,197 @@
+"""Prioritized replay: the sum trees (numba, torch, numpy) against each other and a brute-force
+reference, sampling frequencies against priorities, importance weights against the formula, and
+the rows that must never be drawn."""
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from fastrl.buffer import ReplayBuffer
+from fastrl.config import ConfigError
+from fastrl.sum_tree import SumTree
+from tests.fake_replay import fake_stream
+
+BACKENDS = ["numba", "torch", "numpy"]
+ALPHA, EPS = 0.6, 1e-3
+
+
+def chi2_limit(dof: int, z: float = 3.09) -> float:
+    """Wilson–Hilferty: the 0.999 quantile of chi2(dof)."""
+    return dof * (1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof))) ** 3
+
+
+def test_trees_agree_bit_for_bit_and_with_a_brute_force_reference():
+    rng = np.random.default_rng(0)
+    num_leaves = 1000  # not a power of two: 24 padding leaves
+    trees = [SumTree(num_leaves, "cpu", backend) for backend in BACKENDS]
+    reference = np.zeros(num_leaves)
+    for op in range(60):
+        leaves = rng.integers(0, num_leaves, rng.integers(1, 300))  # with repeats
+        values = rng.exponential(size=len(leaves)) * (rng.random(len(leaves)) > 0.3)  # some zeros
+        if op % 10 == 9:
+            values[:] = 0.0  # clear a whole set
+        reference[leaves] = 0.0
+        np.maximum.at(reference, leaves, values)  # a repeated leaf keeps its largest value
+        for tree in trees:
+            tree.update(torch.from_numpy(leaves), torch.from_numpy(values))
+        assert all(torch.equal(trees[0].tree, tree.tree) for tree in trees[1:]), op
+        assert np.array_equal(trees[0].values(torch.arange(num_leaves)).numpy(), reference)
+        total = float(trees[0].total())
+        assert total == pytest.approx(math.fsum(reference), rel=1e-12)
+        u = torch.from_numpy(np.concatenate([rng.random(500) * total, [0.0, total, np.nextafter(total, 0)]]))
+        found = [tree.find(u) for tree in trees]
+        assert all(torch.equal(found[0], f) for f in found[1:]), op
+        expected = np.minimum(np.searchsorted(np.cumsum(reference), u.numpy(), side="right"),
+                              np.flatnonzero(reference)[-1])
+        assert np.array_equal(found[0].numpy(), expected), op
+        assert (reference[found[0].numpy()] > 0).all()  # never a leaf of value 0
+
+
+def test_the_cuda_tree_equals_the_cpu_trees(cuda_device):
+    rng = np.random.default_rng(1)
+    trees = [SumTree(777, "cpu", "numba"), SumTree(777, cuda_device, "torch")]
+    for _ in range(30):
+        leaves = torch.from_numpy(rng.integers(0, 777, 200))
+        values = torch.from_numpy(rng.exponential(size=200) * (rng.random(200) > 0.3))
+        for tree in trees:
+            tree.update(leaves.to(tree.device), values.to(tree.device))
+        assert torch.equal(trees[0].tree, trees[1].tree.cpu())
+        u = torch.from_numpy(rng.random(300)) * trees[0].total()
+        assert torch.equal(trees[0].find(u), trees[1].find(u.to(cuda_device)).cpu())
+
+
+def filled(backend: str = "numba", seed: int = 0, host_views: bool | None = None, n_step: int = 1,
+           steps: int = 50, device: torch.device | str = "cpu") -> tuple[ReplayBuffer, object]:
+    """A prioritized buffer of 4 envs fed 90 steps of random episodes (auto-reset rows, a wrap)."""
+    stream = fake_stream(seed=seed, num_steps=90, num_envs=4)
+    buf = ReplayBuffer(steps * 4, 4, (3,), torch.float32, (), torch.int64, device, seed=seed, prioritized=True,
+                       per_alpha=ALPHA, per_eps=EPS, per_backend=backend, host_views=host_views, n_step=n_step,
+                       gamma=0.9)
+    for t in range(90):
+        buf.add(*(torch.from_numpy(getattr(stream, k)[t]).to(device) for k in ("obs", "actions", "rewards",
+                                                                               "terminated")), stream.valid[t])
+    return buf, stream
+
+
+def all_rows(buf: ReplayBuffer) -> torch.Tensor:
+    return torch.arange(buf.frames.shape[0])
+
+
+@pytest.mark.parametrize("backend,where", [("numba", "cpu"), ("torch", "cpu"), ("torch", "cuda")])
+def test_sampling_frequencies_follow_the_priorities(backend, where, request):
+    """Chi-square goodness of fit of 200k draws against p_i / sum p, priorities spread over 30x."""
+    device = request.getfixturevalue("cuda_device") if where == "cuda" else torch.device("cpu")
+    buf, _ = filled(backend, seed=4, device=device)
+    rows = buf.sampleable_rows().cpu()
+    td = torch.linspace(0.01, 6.0, len(rows))[torch.randperm(len(rows), generator=torch.Generator().manual_seed(1))]
+    buf.update_priorities(rows.to(device), td.to(device))
+    p = (td.double() + EPS) ** ALPHA
+    draws = buf.sample_rows(100, 2000).reshape(-1).cpu()
+    counts = torch.bincount(draws, minlength=buf.frames.shape[0]).double()
+    assert counts.sum() == counts[rows].sum()  # nothing outside the sampleable rows
+    expected = draws.numel() * p / p.sum()
+    chi2 = float(((counts[rows] - expected) ** 2 / expected).sum())
+    assert chi2 < chi2_limit(len(rows) - 1), chi2
+    uniform = draws.numel() / len(rows)  # the test has the power to tell: uniform draws would fail it
+    assert float(((counts[rows] - uniform) ** 2 / uniform).sum()) > 10 * chi2_limit(len(rows) - 1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_importance_weights_follow_the_formula_normalized_by_the_batch_max(backend):
+    buf, _ = filled(backend, seed=5)
+    rows = buf.sampleable_rows()
+    td = torch.rand(len(rows), generator=torch.Generator().manual_seed(2)) * 3
+    buf.update_priorities(rows, -td)  # the sign of a TD error does not matter
+    p = dict(zip(rows.tolist(), ((td.double() + EPS) ** ALPHA).tolist()))
+    total = math.fsum(p.values())
+    batch = buf.sample(3, 64, beta=0.4)
+    assert batch.indices.shape == batch.weights.shape == (3, 64) and batch.weights.dtype == torch.float32
+    for k in range(3):
+        w = [(len(rows) * p[i] / total) ** -0.4 for i in batch.indices[k].tolist()]
+        assert batch.weights[k].tolist() == pytest.approx([x / max(w) for x in w], rel=1e-6)
+    assert torch.equal(buf.gather(batch.indices).obs, batch.obs)  # indices are the rows the batch holds
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n_step", [1, 3])
+def test_only_sampleable_rows_hold_a_priority(backend, n_step):
+    """Auto-reset rows, the newest rows, overwritten rows and mirror slots: priority 0; the rest
+    start at the running max priority."""
+    buf, stream = filled(backend, seed=6, n_step=n_step, steps=30)
+    assert (~stream.valid).sum() > 10
+    positive = torch.nonzero(buf.priorities(all_rows(buf)) > 0).reshape(-1)
+    assert torch.equal(positive, torch.sort(buf.sampleable_rows()).values)
+    assert torch.all(buf.priorities(positive) == 1.0)
+    rows = buf.sample_rows(1, 16).reshape(-1)
+    buf.update_priorities(rows, torch.full((16,), 9.0))
+    step = (torch.zeros(4, 3), torch.zeros(4, dtype=torch.int64), torch.zeros(4), torch.zeros(4), np.ones(4, bool))
+    for _ in range(n_step + 1):
+        buf.add(*step)
+    newest = buf.sampleable_rows()[-4:]
+    assert torch.all(buf.priorities(newest) == (9.0 + EPS) ** ALPHA)  # the max priority seen so far
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_update_for_a_row_dropped_since_its_draw_leaves_it_at_zero(backend):
+    buf, _ = filled(backend, seed=7, steps=30)
+    drawn = buf.sampleable_rows()[:8].clone()  # the oldest rows: the next add overwrites the first slot
+    buf.add(torch.zeros(4, 3), torch.zeros(4, dtype=torch.int64), torch.zeros(4), torch.zeros(4), np.ones(4, bool))
+    stale = drawn[~torch.isin(drawn, buf.sampleable_rows())]
+    assert len(stale) >= 2
+    buf.update_priorities(stale, torch.full(stale.shape, 5.0))
+    assert torch.all(buf.priorities(stale) == 0)
+    total = float(buf._priorities.tree.total())
+    assert total == pytest.approx(float(buf.priorities(buf.sampleable_rows()).sum()), rel=1e-12)
+
+
+@pytest.mark.parametrize("host_views", [True, False], ids=["numpy-views", "torch-views"])
+def test_backends_draw_the_same_rows_and_hold_the_same_trees(host_views):
+    buffers = [filled(backend, seed=8, host_views=host_views)[0] for backend in BACKENDS]
+    for round_ in range(5):
+        batches = [buf.sample_batches(2, 32, beta=0.5) for buf in buffers]
+        for batch in batches[1:]:
+            for mine, ref in zip(batch, batches[0]):
+                assert torch.equal(mine.indices, ref.indices) and torch.equal(mine.weights, ref.weights)
+        td = torch.rand(2, 32, generator=torch.Generator().manual_seed(round_))
+        for buf, batch in zip(buffers, batches):
+            for part, errors in zip(batch, td):
+                buf.update_priorities(part.indices, errors)
+            buf.add(torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), torch.randn(4), torch.zeros(4),
+                    np.array([True, round_ % 2 == 0, True, True]))
+    assert all(torch.equal(buffers[0]._priorities.tree.tree, b._priorities.tree.tree) for b in buffers[1:])
+
+
+def test_a_prioritized_buffer_round_trips_through_its_state_dict():
+    buf, _ = filled("numba", seed=9)
+    buf.update_priorities(buf.sampleable_rows()[:10], torch.full((10,), 4.0))
+    copy = ReplayBuffer(200, 4, (3,), torch.float32, (), torch.int64, "cpu", prioritized=True, per_alpha=ALPHA,
+                        per_eps=EPS, per_backend="torch")
+    copy.load_state_dict(buf.state_dict())
+    assert torch.equal(copy.sample_rows(2, 50), buf.sample_rows(2, 50))
+    assert torch.equal(copy._priorities.max_priority, buf._priorities.max_priority)
+
+
+def test_prioritized_sampling_needs_beta_and_a_uniform_buffer_has_no_priorities():
+    buf, _ = filled("numba", seed=10)
+    with pytest.raises(ValueError, match="needs beta"):
+        buf.sample_batches(1, 8)
+    uniform = ReplayBuffer(40, 4, (3,), torch.float32, (), torch.int64, "cpu")
+    with pytest.raises(RuntimeError, match="prioritized=False"):
+        uniform.update_priorities(torch.zeros(1, dtype=torch.int64), torch.ones(1))
+    for kwargs, match in ((dict(per_alpha=-1.0), "--per-alpha"), (dict(per_eps=0.0), "--per-eps")):
+        with pytest.raises(ConfigError, match=match):
+            ReplayBuffer(40, 4, (3,), torch.float32, (), torch.int64, "cpu", prioritized=True, **kwargs)
+
+
+def test_importing_fastrl_does_not_import_numba():
+    code = ("import sys, torch, fastrl, fastrl.buffer, fastrl.train\n"
+            "from fastrl.buffer import ReplayBuffer\n"
+            "ReplayBuffer(40, 4, (3,), torch.float32, (), torch.int64, prioritized=True, per_backend='torch')\n"
+            "assert 'numba' not in sys.modules\n"
+            "ReplayBuffer(40, 4, (3,), torch.float32, (), torch.int64, prioritized=True)\n"
+            "assert 'numba' in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
