@@ -30,7 +30,13 @@ CASES = {
     "ddpg-autograd": ("ddpg", "Pendulum-v1", "autograd", {}),
     # twin critics; no smoothing noise, which each rank would draw from its own generator
     "td3-manual": ("td3", "Pendulum-v1", "manual", {"policy_delay": 1, "policy_noise": 0.0}),
+    # actor and tuned-α steps on every update; without a clip too, so no step can skip the all_reduce
+    "sac-manual": ("sac", "Pendulum-v1", "manual", {}),
+    "sac-autograd-unclipped": ("sac", "Pendulum-v1", "autograd", {"max_grad_norm": 0.0}),
 }
+# SAC's actor noise comes from the agent's generator, drawn per update for that rank's rows: the
+# ranks must match each other, but not the update on the union (which draws other noise).
+OWN_NOISE = {"sac-manual", "sac-autograd-unclipped"}
 
 
 def build(case: str):

@@ -161,6 +161,9 @@ def test_averaged_update_equals_the_update_on_the_union_of_the_batches(procs, tm
         assert all(torch.equal(a, b) for a, b in zip(r0["start"], start)), f"{case}: broadcast"
         assert all(torch.equal(a, b) for a, b in zip(r1["start"], start)), f"{case}: broadcast"
         assert all(torch.equal(a, b) for a, b in zip(r0["after"], r1["after"])), f"{case}: ranks differ"
+        if case in worker.OWN_NOISE:
+            assert sum(not torch.equal(a, b) for a, b in zip(r0["after"], start)) >= 4, f"{case}: too little moved"
+            continue
         moved = [not torch.equal(a, b) for a, b in zip(expected, start)]
         assert sum(moved) >= 4, f"{case}: the update moved too little to compare"
         for got, want in zip(r0["after"], expected):
@@ -380,3 +383,20 @@ def test_resume_refuses_rank_checkpoints_of_different_steps(tmp_path):
     with pytest.raises(ConfigError, match="^--resume: checkpoint-rank1.pt is at env step 1000 but checkpoint.pt at 2000"):
         distributed.rank_resume_state(distributed.World(1, 2), tmp_path, main_state)
     assert distributed.rank_resume_state(distributed.World(0, 2), tmp_path, main_state) is main_state
+
+
+def test_the_api_refuses_to_resume_a_torchrun_run_in_one_process(tmp_path):
+    """fastrl.resume is one process: a run trained on 2 ranks (2 replay shards) must not continue on
+    rank 0's shard alone with the run's global settings."""
+    import fastrl
+    from fastrl.checkpoint import save_checkpoint
+    from tests.counter_env import ENV_ID as COUNTER_ENV
+
+    run = tmp_path / "run"
+    fastrl.train(fastrl.make_config(env=COUNTER_ENV, run_dir=str(run), total_steps=400, num_envs=4,
+                                    learning_starts=100, batch_size=16, buffer_size=1000, hidden_sizes=[16],
+                                    eval_episodes=2, log_every=200, device="cpu", progress=False))
+    state = load_checkpoint(run / "checkpoint.pt")
+    save_checkpoint(run / "checkpoint.pt", {**state, "world_size": 2})
+    with pytest.raises(ConfigError, match=r"^--resume: .* was trained with 2 rank\(s\) and this launch has 1"):
+        fastrl.resume(run, total_steps=800)
