@@ -289,17 +289,18 @@ def checksum(tensors: list[torch.Tensor]) -> int:
 
 def agree_stop(world: World, stop: StopRequest, vector_step: int) -> StopRequest:
     """The stop every rank acts on. A plain run: `stop` itself, every step. N ranks: every
-    STOP_CHECK_EVERY vector steps, the highest signal number any rank has received (one all_reduce
-    of one integer), so all ranks stop after the same update; in between, no stop."""
+    STOP_CHECK_EVERY vector steps, the highest signal number any rank has received and whether any
+    rank's callback asked to stop (one all_reduce of two integers), so all ranks stop after the same
+    update; in between, no stop."""
     if not world.active:
         return stop
     if vector_step % STOP_CHECK_EVERY:
         return StopRequest()
-    flag = torch.tensor([stop.signum or 0], dtype=torch.int64, device=_group.device)
+    flags = torch.tensor([stop.signum or 0, int(stop.by_caller)], dtype=torch.int64, device=_group.device)
     with collective("the stop agreement"):
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    agreed = int(flag.item())
-    return StopRequest(signal.Signals(agreed) if agreed else None)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    agreed, by_caller = (int(v) for v in flags.tolist())
+    return StopRequest(signal.Signals(agreed) if agreed else None, by_caller=bool(by_caller))
 
 
 def from_main(world: World, value: Any) -> Any:

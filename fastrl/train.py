@@ -140,7 +140,8 @@ def resume_run(run_dir: str | Path, given: dict[str, Any]) -> tuple[TrainConfig,
     if changed:
         flags = ", ".join("--" + name.replace("_", "-") for name in changed)
         raise ConfigError(f"{flags.split(', ')[0]}: cannot be changed when resuming (got {flags}); with --resume "
-                          f"only --total-steps (to extend the run) and --progress/--no-progress are allowed")
+                          f"only --total-steps (to extend the run), --progress/--no-progress and --collective-timeout "
+                          f"are allowed")
     settings = {**state["config"], **given, "run_dir": str(run_dir)}
     cfg = config_from_checkpoint(settings, "--resume")
     reached = int(state["counters"]["env_step"])
