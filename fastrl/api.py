@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from fastrl import distributed
 from fastrl.checkpoint import made_by_env_fn, spec_from_payload
 from fastrl.config import FIELDS, TrainConfig, check_type, preset_for, resolve, validate
 from fastrl.envs import EnvSpec, spec_from_env_fn, spec_from_vector_env
@@ -101,6 +102,7 @@ def resume(run_dir: str | Path, total_steps: int | None = None, *, env_fn: Any =
     for name, value in given.items():
         check_type(name, value)
     config, state = resume_run(run_dir, given)
+    state = distributed.rank_resume_state(distributed.SINGLE, run_dir, state)  # a torchrun run: refused
     spec, device = check_setup(config, user_spec_of(env_fn, config, state.get("env_spec")))
     if state["counters"]["vector_step"] >= config.num_vector_steps:
         summary_path = Path(run_dir) / "summary.json"

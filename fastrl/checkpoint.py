@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastrl.config import ConfigError
 from fastrl.envs import EnvSpec
+from fastrl.settings import ConfigError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = 1
@@ -49,14 +49,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def load_run_checkpoint(run_dir: str | Path, flag: str = "--resume") -> dict[str, Any]:
-    """The checkpoint of a run folder, or a one-line ConfigError naming `flag`."""
+def load_run_checkpoint(run_dir: str | Path, flag: str = "--resume", name: str = CHECKPOINT_NAME) -> dict[str, Any]:
+    """The checkpoint `name` of a run folder (a data-parallel run's other ranks write their own,
+    `fastrl.distributed.checkpoint_name`), or a one-line ConfigError naming `flag`."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"{flag}: no such run folder {str(run_dir)!r}")
-    path = run_dir / CHECKPOINT_NAME
+    path = run_dir / name
     if not path.is_file():
-        raise ConfigError(f"{flag}: {str(run_dir)!r} holds no {CHECKPOINT_NAME} (a run writes one every "
+        raise ConfigError(f"{flag}: {str(run_dir)!r} holds no {name} (a run writes one every "
                           f"--checkpoint-every env steps and when it ends or is interrupted)")
     try:
         state = load_checkpoint(path)

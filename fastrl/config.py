@@ -112,6 +112,10 @@ class CommonSettings:
     compile: bool | None = setting(None, "torch.compile the update and the acting policy (default: on for CUDA)")
     cuda_graph: bool = setting(False, "replay each update as one CUDA graph (CUDA only; not yet verified on a "
                                       "GPU, so off by default)")
+    collective_timeout: float = setting(
+        300.0, "torchrun runs: seconds a rank waits in a collective (the gradient all_reduce, the per-window "
+               "gather) for the other ranks before it stops with an error; it must outlast the longest a rank can "
+               "fall behind (a cold torch.compile, writing a checkpoint with a large buffer)", check=positive)
     run_dir: str | None = setting(None, "run folder (default runs/<env>-<algo>-<seed>-<time>)")
     eval_episodes: int = setting(10, "greedy episodes per evaluation", check=positive_int)
     eval_every: int = setting(0, "env steps between evaluations (0 = end only)", check=non_negative_int)

@@ -1,5 +1,6 @@
 """The pieces every update shares: gradients from autograd into a net's flat gradient, the
-clip + Adam step over it, and the precision of the matrix products (`--precision`).
+clip + Adam step over it (where a data-parallel run averages the gradient over its ranks), and the
+precision of the matrix products (`--precision`).
 
 Each net's parameters and gradients live in one flat tensor (`fused_adam.flatten_parameters_`),
 so clipping and Adam are single-tensor ops whichever way the gradient was made: by autograd
@@ -18,6 +19,7 @@ import contextlib
 
 import torch
 
+from fastrl.distributed import average_gradients_
 from fastrl.fused_adam import FusedAdam, clip_grad_norm_
 
 # --precision: the dtype of the updates' matrix products.
@@ -45,9 +47,13 @@ def grads_into_(loss: torch.Tensor, params: list[torch.Tensor], flat_grad: torch
     torch.cat([g.reshape(-1) for g in grads], out=flat_grad)
 
 
-def clip_and_step(optimizer: FusedAdam, max_grad_norm: float) -> torch.Tensor:
-    """Clip the optimizer's gradients to `max_grad_norm` (0 = off) and take its Adam step;
-    returns the norm before clipping (a device scalar)."""
-    norm = clip_grad_norm_(optimizer.grads, max_grad_norm)
+def clip_and_step(optimizer: FusedAdam, max_grad_norm: float, norm_wanted: bool = True) -> torch.Tensor | None:
+    """Average the optimizer's gradients over the ranks of a data-parallel run (one all_reduce per
+    flat gradient; nothing in a plain run), clip them to `max_grad_norm` (0 = off) and take its
+    Adam step. Every update of every algorithm steps through here, so every rank takes the same
+    step. Returns the norm before clipping (a device scalar), or None when there is no clip and the
+    caller does not want the norm (`norm_wanted=False`: it costs a reduction over the gradient)."""
+    average_gradients_(optimizer.grads)
+    norm = clip_grad_norm_(optimizer.grads, max_grad_norm) if norm_wanted or max_grad_norm > 0 else None
     optimizer.step()
     return norm

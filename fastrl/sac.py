@@ -244,13 +244,6 @@ def _soft_target(actor: GaussianActor, critic_target: StackedMLP, rewards: torch
         return soft_td_target(rewards, terminated, next_q, next_log_prob, alpha, gamma)
 
 
-def _actor_step(actor_opt: FusedAdam, max_grad_norm: float) -> None:
-    if max_grad_norm > 0:  # the actor's norm is not logged: compute it only to clip
-        clip_and_step(actor_opt, max_grad_norm)
-    else:
-        actor_opt.step()
-
-
 def _temperature_step(temperature: Temperature, log_prob: torch.Tensor, metrics: dict[str, torch.Tensor],
                       by_hand: bool) -> None:
     """The α step (when tuned) on the actor step's detached log π; its loss into `metrics`. By hand,
@@ -266,7 +259,7 @@ def _temperature_step(temperature: Temperature, log_prob: torch.Tensor, metrics:
         with torch.enable_grad():
             alpha_loss = temperature_loss(log_alpha, log_prob, temperature.target_entropy)
             grads_into_(alpha_loss, [log_alpha], grad)
-    temperature.opt.step()
+    clip_and_step(temperature.opt, 0.0, norm_wanted=False)  # never clipped; averaged over the ranks
     metrics["alpha_loss"] = alpha_loss.detach()
 
 
@@ -299,7 +292,7 @@ def make_autograd_update(actor: GaussianActor, critic: StackedMLP, critic_target
             q_pi = autograd_forward(critic, critic_input(obs, action))[..., 0]
             policy_loss = actor_loss(q_pi, log_prob, alpha)
             grads_into_(policy_loss, actor_params, actor_grad)
-            _actor_step(actor_opt, max_grad_norm)
+            clip_and_step(actor_opt, max_grad_norm, norm_wanted=False)  # its norm is not logged: only to clip
             log_prob = log_prob.detach()
             metrics.update(actor_loss=policy_loss.detach(), alpha=alpha, entropy=-log_prob.mean())
             _temperature_step(temperature, log_prob, metrics, by_hand=False)
@@ -346,7 +339,7 @@ def make_manual_update(actor: GaussianActor, critic: StackedMLP, critic_target: 
             d_action = backward(q_trace, d_q.unsqueeze(-1), None, None, input_cols=action_cols)
             d_out = squashed_gaussian_grads(d_action.sum(dim=0), alpha / batch, unit, pre - mean, raw, half_width)
             backward(actor_trace, d_out.unsqueeze(0), actor_w_grads(), actor_b_grads())
-            _actor_step(actor_opt, max_grad_norm)
+            clip_and_step(actor_opt, max_grad_norm, norm_wanted=False)  # its norm is not logged: only to clip
             actor.net.weights_changed()  # as td3: any low-precision copies of the weights are stale
             metrics.update(actor_loss=policy_loss, alpha=alpha, entropy=-log_prob.mean())
             _temperature_step(temperature, log_prob, metrics, by_hand=True)

@@ -29,7 +29,7 @@ from torch import nn
 from fastrl.algorithm import Algorithm
 from fastrl.buffer import Batch
 from fastrl.cuda_graph import GraphedUpdate
-from fastrl.fused_adam import FusedAdam, clip_grad_norm_, flatten_parameters_, rebuildable_views
+from fastrl.fused_adam import FusedAdam, flatten_parameters_, rebuildable_views
 from fastrl.learner import PRECISIONS, autocast, clip_and_step, grads_into_
 from fastrl.schedules import learning_rate, planned_updates
 from fastrl.settings import ConfigError, non_negative, optional, positive, positive_int, setting
@@ -234,7 +234,6 @@ def make_manual_update(actor: Actor, critic: StackedMLP, actor_target: Actor, cr
     `compute_dtype`."""
     critic_w_grads, critic_b_grads = _grads(critic)
     actor_w_grads, actor_b_grads = _grads(actor.net)
-    actor_grads = actor_opt.grads  # clipped as the optimizer sees them
     first_critic = slice(0, 1)  # the actor climbs Q₁ only (TD3); with one critic, that one
     low, high = actor.low, actor.high
     half_width = box_fraction(1.0, low, high)
@@ -261,9 +260,7 @@ def make_manual_update(actor: Actor, critic: StackedMLP, actor_target: Actor, cr
             d_action = backward(q1_trace, d_q1, None, None, input_cols=slice(obs.flatten(1).shape[1], None))
             d_pre = d_action * (half_width * (1.0 - tanh_out.square()))  # through action = mid + hw·tanh
             backward(actor_trace, d_pre, actor_w_grads(), actor_b_grads())
-            if max_grad_norm > 0:  # the actor's norm is not logged: compute it only to clip
-                clip_grad_norm_(actor_grads, max_grad_norm)
-            actor_opt.step()
+            clip_and_step(actor_opt, max_grad_norm, norm_wanted=False)  # its norm is not logged: only to clip
             actor.net.weights_changed()
             metrics["actor_loss"] = -q1.mean()
         return metrics
@@ -294,7 +291,7 @@ def make_autograd_update(actor: Actor, critic: StackedMLP, actor_target: Actor, 
             with autocast(low.device, dtype):
                 actor_loss = actor_loss_of(actor, critic, obs)
             grads_into_(actor_loss, actor_params, actor_opt.grads[0])
-            clip_and_step(actor_opt, max_grad_norm)
+            clip_and_step(actor_opt, max_grad_norm, norm_wanted=False)
             metrics["actor_loss"] = actor_loss.detach()
         return metrics
 

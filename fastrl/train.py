@@ -5,8 +5,14 @@ checkpoint, and stop early if a signal (or the Python API's callback) asked for 
 From Python this module is also the function `fastrl.train(config, ...)` (see `fastrl.api`): a
 package cannot hold a function and a submodule under one name, so the module is callable.
 
+`torchrun --nproc-per-node N -m fastrl.train` runs the same loop on N ranks, data-parallel
+(`fastrl.distributed` says what is per rank and what counts the whole run). Its hooks in
+`train()` are the `distributed.*` calls; in a plain run none of them communicates.
+
 Exit codes: 0 done, 2 a bad setting (nothing was started), 3 NaN/Inf in training (the last good
-checkpoint is kept), 130 / 143 stopped by SIGINT / SIGTERM (checkpoint written; `--resume` it).
+checkpoint is kept), 4 the ranks' weights differ, 5 a rank lost its peers (crashed, hung or
+unreachable; the last checkpoint is kept), 130 / 143 stopped by SIGINT / SIGTERM (checkpoint
+written; `--resume` it).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastrl import distributed
 from fastrl.buffer import ReplayBuffer, bytes_per_row, check_fits
 from fastrl.checkpoint import (
     CHECKPOINT_NAME, RunCounters, env_seed, load_run_checkpoint, made_by_env_fn, save_checkpoint, set_rng_state,
@@ -50,9 +57,18 @@ from fastrl.settings import flag
 EXIT_BAD_SETTING = 2
 TORCH_DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice (the cores), before any run changes it
 EXIT_NON_FINITE = 3
+EXIT_RANKS_DIFFER = 4
+EXIT_PEER_LOST = 5
+FAILURES = {  # what stopped a run -> its exit code, and what to try
+    NonFiniteError: (EXIT_NON_FINITE, ". Try a lower --lr or --max-grad-norm, and check the env's rewards and "
+                                      "observations for NaN/Inf"),
+    distributed.ReplicaMismatchError: (EXIT_RANKS_DIFFER, ". Identical updates need the same torch, thread count "
+                                                          "and CPU/GPU kind on every rank"),
+    distributed.PeerLostError: (EXIT_PEER_LOST, ". Look for the failing rank's error above"),
+}
 MAX_EVAL_ENVS = 16  # evaluation runs min(--eval-episodes, this) envs side by side
-# Settings a resumed run may change: neither alters what the run computes up to its old end.
-RESUME_OVERRIDES = ("total_steps", "progress")
+# Settings a resumed run may change: none alters what the run computes up to its old end.
+RESUME_OVERRIDES = ("total_steps", "progress", "collective_timeout")
 
 class _OneLineErrorParser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:  # argparse prints usage too; we say one line
@@ -124,7 +140,8 @@ def resume_run(run_dir: str | Path, given: dict[str, Any]) -> tuple[TrainConfig,
     if changed:
         flags = ", ".join("--" + name.replace("_", "-") for name in changed)
         raise ConfigError(f"{flags.split(', ')[0]}: cannot be changed when resuming (got {flags}); with --resume "
-                          f"only --total-steps (to extend the run) and --progress/--no-progress are allowed")
+                          f"only --total-steps (to extend the run), --progress/--no-progress and --collective-timeout "
+                          f"are allowed")
     settings = {**state["config"], **given, "run_dir": str(run_dir)}
     cfg = config_from_checkpoint(settings, "--resume")
     reached = int(state["counters"]["env_step"])
@@ -134,10 +151,13 @@ def resume_run(run_dir: str | Path, given: dict[str, Any]) -> tuple[TrainConfig,
     return cfg, state
 
 
-def check_setup(cfg: TrainConfig, spec_of: Callable[[str], EnvSpec] | None = None) -> tuple[EnvSpec, torch.device]:
+def check_setup(cfg: TrainConfig, spec_of: Callable[[str], EnvSpec] | None = None,
+                world: distributed.World = distributed.SINGLE) -> tuple[EnvSpec, torch.device]:
     """Everything that can go wrong before envs and models exist. Raises ConfigError. `spec_of`
-    (default `lookup_spec`) makes the spec from `cfg.env`: the API passes one for a user's env."""
+    (default `lookup_spec`) makes the spec from `cfg.env`: the API passes one for a user's env.
+    `world`: a torchrun launch's ranks, each of which allocates its share of the replay."""
     validate(cfg)
+    distributed.check_settings(world, cfg)
     device = resolve_device(cfg.device)
     if cfg.cuda_graph and device.type != "cuda":
         raise ConfigError(f"--cuda-graph: needs a CUDA device, and this run's device is {device.type} "
@@ -147,9 +167,10 @@ def check_setup(cfg: TrainConfig, spec_of: Callable[[str], EnvSpec] | None = Non
     check_spec = ALGORITHMS[cfg.algo].check_spec
     if check_spec is not None:
         check_spec(cfg, spec)
+    mine = distributed.rank_share(cfg, world)  # the replay shard this process allocates
     row_bytes = bytes_per_row(spec.obs_shape, spec.obs_dtype, spec.action_shape, spec.action_dtype,
                               frame_stack=spec.frame_stack, n_step=cfg.n_step, prioritized=cfg.prioritized)
-    check_fits(cfg.buffer_size, cfg.num_envs, row_bytes, device, extra_slots=spec.frame_stack - 1 + cfg.n_step)
+    check_fits(mine.buffer_size, mine.num_envs, row_bytes, device, extra_slots=spec.frame_stack - 1 + cfg.n_step)
     return spec, device
 
 
@@ -177,12 +198,14 @@ def end_segment(buffer: ReplayBuffer, obs: torch.Tensor, spec: EnvSpec) -> None:
 
 
 def write_checkpoint(run_dir: Path, cfg: TrainConfig, spec: EnvSpec, agent: Any, buffer: ReplayBuffer,
-                     counters: RunCounters) -> None:
+                     counters: RunCounters, world: distributed.World = distributed.SINGLE) -> None:
+    """This rank's checkpoint: every rank writes its own file (its replay shard and RNGs differ)."""
     agent_state = agent.state_dict()
     check_weights(agent_state, counters.env_step, agent.updates_done)  # never replace a good checkpoint with NaNs
     buffer_state = buffer.state_dict() if cfg.checkpoint_buffer else None
-    save_checkpoint(run_dir / CHECKPOINT_NAME,
-                    training_payload(cfg.to_json(), counters, agent_state, buffer_state, spec))
+    payload = training_payload(cfg.to_json(), counters, agent_state, buffer_state, spec)
+    payload["world_size"] = world.size  # a resume must bring as many ranks
+    save_checkpoint(run_dir / distributed.checkpoint_name(world.rank), payload)
 
 
 def restore(state: dict[str, Any], agent: Any, buffer: ReplayBuffer) -> None:
@@ -203,44 +226,61 @@ def resume_note(resume: dict[str, Any] | None, cfg: TrainConfig) -> str:
             f"steps before learning); ")
 
 
+def describe_scale(cfg: TrainConfig, mine: TrainConfig, world: distributed.World) -> str:
+    if not world.active:
+        return f"{cfg.num_envs} envs, {cfg.total_steps} steps, batch {cfg.batch_size}"
+    return (f"{world.size} ranks: {cfg.num_envs} envs ({mine.num_envs} per rank), {cfg.total_steps} steps, "
+            f"global batch {cfg.batch_size} ({mine.batch_size} per rank)")
+
+
 def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
           stop: StopRequest | None = None, resume: dict[str, Any] | None = None,
-          callback: Callable[[dict[str, Any]], bool | None] | None = None) -> dict[str, Any]:
+          callback: Callable[[dict[str, Any]], bool | None] | None = None,
+          world: distributed.World = distributed.SINGLE) -> dict[str, Any]:
     """Run (or, given a checkpoint as `resume`, continue) training to `cfg.total_steps`.
     `callback(row)` sees each metrics row; returning False stops the run as a signal does.
 
     Every `checkpoint_every` env steps the running episodes are cut and the envs rebuilt from
     `env_seed(seed, env_step)`; an uninterrupted run does this too, so a run resumed from that
-    checkpoint (with the buffer) continues exactly as the uninterrupted one does."""
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+    checkpoint (with the buffer) continues exactly as the uninterrupted one does.
+
+    With N ranks (`world`), every rank runs this loop in lockstep on its share of the envs, of each
+    mini-batch and of the replay capacity (`mine`); `cfg` stays the run's, and so do the counts."""
+    run_dir = Path(distributed.from_main(world, cfg.run_dir or str(default_run_dir(cfg))))
     cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
+    mine = distributed.rank_share(cfg, world)  # a plain run: cfg
+    seed = distributed.rank_seed(cfg.seed, world.rank)  # the run's seed on rank 0
     stop = stop if stop is not None else StopRequest()  # no handler: never requested
     use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
     if cfg.threads or device.type == "cpu":
-        torch.set_num_threads(cfg.threads or auto_threads(cfg.batch_size, cfg.hidden_sizes, TORCH_DEFAULT_THREADS))
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
+        torch.set_num_threads(cfg.threads or auto_threads(mine.batch_size, cfg.hidden_sizes, TORCH_DEFAULT_THREADS))
+    torch.manual_seed(seed)
+    np.random.seed(seed)
     start = RunCounters(**resume["counters"]) if resume is not None else RunCounters()
 
-    envs = TorchVecEnv(spec, cfg.num_envs, env_seed(cfg.seed, start.env_step), device)
-    eval_envs = TorchVecEnv(spec, min(cfg.eval_episodes, MAX_EVAL_ENVS), cfg.seed + 100_003, device, role="eval")
-    agent = build_agent(spec, cfg, device, use_compile)
-    buffer = ReplayBuffer(cfg.buffer_size, cfg.num_envs, spec.obs_shape, spec.obs_dtype, spec.action_shape,
-                          spec.action_dtype, device, seed=cfg.seed, frame_stack=spec.frame_stack, n_step=cfg.n_step,
+    envs = TorchVecEnv(spec, mine.num_envs, env_seed(seed, start.env_step), device)
+    eval_share = distributed.episode_share(cfg.eval_episodes, world)  # each rank plays its part of the episodes
+    eval_envs = TorchVecEnv(spec, max(1, min(eval_share, MAX_EVAL_ENVS)), seed + 100_003, device, role="eval")
+    agent = build_agent(spec, dataclasses.replace(cfg, seed=seed), device, use_compile)
+    buffer = ReplayBuffer(mine.buffer_size, mine.num_envs, spec.obs_shape, spec.obs_dtype, spec.action_shape,
+                          spec.action_dtype, device, seed=seed, frame_stack=spec.frame_stack, n_step=cfg.n_step,
                           gamma=cfg.gamma, prioritized=cfg.prioritized, per_alpha=cfg.per_alpha, per_eps=cfg.per_eps)
     obs = envs.reset()
     log = RunLog(run_dir, {**cfg.to_json(), "compile_resolved": use_compile, "device_resolved": str(device)},
-                 append=resume is not None)
-    progress = Progress(cfg.total_steps - start.env_step, enabled=cfg.progress)
+                 append=resume is not None) if world.is_main else None  # rank 0 writes the run folder
+    progress = Progress(cfg.total_steps - start.env_step, enabled=cfg.progress and world.is_main)
     if resume is not None:
         restore(resume, agent, buffer)
-    print(f"fastrl: {resume_note(resume, cfg)}{cfg.algo} on {cfg.env} ({spec.backend}), seed {cfg.seed}, "
-          f"device {device}, compile {use_compile}{', CUDA graph' if cfg.cuda_graph else ''}, "
-          f"precision {cfg.precision}, {cfg.num_envs} envs, {cfg.total_steps} steps, "
-          f"{f'{cfg.n_step}-step returns, ' if cfg.n_step > 1 else ''}{'prioritized replay, ' if cfg.prioritized else ''}"
-          f"batch {cfg.batch_size}, {cfg.updates_per_train} updates every {cfg.train_every} vector steps "
-          f"(updates/transition {cfg.updates_per_transition:.4g}, replay ratio {cfg.replay_ratio:.4g}); "
-          f"run folder {run_dir}", file=sys.stderr)
+    distributed.broadcast_agent_(world, agent)  # rank 0's weights on every rank, from the start
+    if world.is_main:
+        print(f"fastrl: {resume_note(resume, cfg)}{cfg.algo} on {cfg.env} ({spec.backend}), seed {cfg.seed}, "
+              f"device {device}, compile {use_compile}{', CUDA graph' if cfg.cuda_graph else ''}, "
+              f"precision {cfg.precision}, {describe_scale(cfg, mine, world)}, "
+              f"{f'{cfg.n_step}-step returns, ' if cfg.n_step > 1 else ''}"
+              f"{'prioritized replay, ' if cfg.prioritized else ''}"
+              f"{cfg.updates_per_train} updates every {cfg.train_every} vector steps "
+              f"(updates/transition {cfg.updates_per_transition:.4g}, replay ratio {cfg.replay_ratio:.4g}); "
+              f"run folder {run_dir}", file=sys.stderr)
 
     action_low = torch.tensor(spec.action_low, device=device) if not spec.discrete else None
     action_high = torch.tensor(spec.action_high, device=device) if not spec.discrete else None
@@ -254,8 +294,9 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
     learn_from = cfg.learning_starts if resume is None or "buffer" in resume else env_step + cfg.learning_starts
     saved_at = env_step if resume is not None else None  # env step of the checkpoint on disk
     vector_step = start.vector_step - 1
-    failure: NonFiniteError | None = None
+    failure: RuntimeError | None = None
     forced_stop = False
+    halt = StopRequest()  # the stop every rank acts on (a plain run: `stop` itself)
     eval_s = 0.0  # time in greedy evaluation: reported apart, so speed comparisons can leave it out
     t_loop = time.perf_counter()
 
@@ -266,7 +307,7 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
     try:
         for vector_step in range(start.vector_step, cfg.num_vector_steps):
             if env_step < cfg.learning_starts:
-                actions = agent.random_actions(cfg.num_envs)
+                actions = agent.random_actions(mine.num_envs)
             else:
                 actions = agent.act(obs, env_step)
             envs.send(actions)  # envpool's threads step the envs while the learner trains below
@@ -275,7 +316,7 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
             if train_phase_due(vector_step, cfg.num_envs, cfg.train_every, learn_from) and len(buffer) > 0:
                 # One index draw for all k mini-batches of the phase.
                 beta = linear(cfg.per_beta, 1.0, cfg.total_steps, env_step) if cfg.prioritized else None
-                for batch in buffer.sample_batches(cfg.updates_per_train, cfg.batch_size, beta=beta):
+                for batch in buffer.sample_batches(cfg.updates_per_train, mine.batch_size, beta=beta):
                     metrics = agent.update(batch)
                     if batch.indices is not None:  # prioritized replay: the samples' new priorities
                         buffer.update_priorities(batch.indices, metrics.pop("td_abs"))
@@ -284,41 +325,46 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
             step = envs.recv()
             buffer.add(obs, actions, step.reward, step.terminated, valid=~step.is_reset_step)
             obs = step.next_obs
-            env_step += cfg.num_envs
+            env_step += cfg.num_envs  # every rank's envs
             window_actions.append(actions)
 
             window_episodes += envs.pop_finished_episodes()
+            halt = distributed.agree_stop(world, stop, vector_step)
             done = vector_step == cfg.num_vector_steps - 1
             save_now = not done and checkpoint_due(env_step, cfg.num_envs, cfg.checkpoint_every)
             evaluation = None
             if done or (cfg.eval_every and env_step - last_eval_step >= cfg.eval_every):
                 t_eval = time.perf_counter()
-                eval_returns = evaluate_policy(evaluation_policy(agent), eval_envs, cfg.eval_episodes)
+                eval_returns = distributed.pool_returns(
+                    world, evaluate_policy(evaluation_policy(agent), eval_envs, eval_share))
                 eval_s += time.perf_counter() - t_eval
                 evaluation = mean_std(eval_returns)
                 best_eval = max(best_eval, evaluation[0])
                 last_eval_step = env_step
             # A checkpoint or a stop closes the log window, so a resumed run starts a fresh one.
-            if done or evaluation is not None or save_now or stop.requested or \
+            if done or evaluation is not None or save_now or halt.requested or \
                     env_step - last_log_step >= cfg.log_every:
                 elapsed = time.perf_counter() - t_loop
-                means = window.means()  # the one host sync per window
-                returns = [r for _, r, _ in window_episodes]
+                # window.means(): the one host sync per window. With N ranks, pooled in one all_gather.
+                means, episodes, played = distributed.pool_window(world, window.means(), window_episodes,
+                                                                  window_actions, agent)
+                returns = [r for _, r, _ in episodes]
                 row = {
                     "env_step": env_step, "wall_s": start.wall_s + time.perf_counter() - t_start,
                     "sps": (env_step - start.env_step) / elapsed,
-                    "updates": agent.updates_done, "episodes": len(window_episodes),
+                    "updates": agent.updates_done, "episodes": len(episodes),
                     "episodic_return": float(np.mean(returns)) if returns else math.nan,
-                    "episodic_length": float(np.mean([n for _, _, n in window_episodes])) if returns else math.nan,
+                    "episodic_length": float(np.mean([n for _, _, n in episodes])) if returns else math.nan,
                     **means,
                     "lr": agent.current_lr(),
-                    "action_entropy": played_action_entropy(torch.stack(window_actions), spec.discrete,
+                    "action_entropy": played_action_entropy(torch.stack(played), spec.discrete,
                                                             spec.num_actions, action_low, action_high),
                     "eval_return_mean": evaluation[0] if evaluation else math.nan,
                     "eval_return_std": evaluation[1] if evaluation else math.nan,
                     **agent.exploration(env_step),
                 }
-                log.write(row)
+                if log is not None:
+                    log.write(row)
                 if callback is not None and callback(dict(row)) is False:
                     stop.by_caller = True  # as a signal does: a checkpoint below, then out
                 check_metrics(means, env_step, agent.updates_done)  # a NaN in any update makes its mean NaN
@@ -334,23 +380,25 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
                 # (seed, env_step): a run resumed from this checkpoint rebuilds the same ones.
                 end_segment(buffer, obs, spec)
                 envs.close()
-                envs = TorchVecEnv(spec, cfg.num_envs, env_seed(cfg.seed, env_step), device)
+                envs = TorchVecEnv(spec, mine.num_envs, env_seed(seed, env_step), device)
                 obs = envs.reset()
-                write_checkpoint(run_dir, cfg, spec, agent, buffer, counters())
+                write_checkpoint(run_dir, cfg, spec, agent, buffer, counters(), world)
                 saved_at = env_step
-            if stop.requested:
+            if halt.requested:
                 break
         if saved_at != env_step:  # the end, or a stop between checkpoints
             end_segment(buffer, obs, spec)
-            write_checkpoint(run_dir, cfg, spec, agent, buffer, counters())
+            write_checkpoint(run_dir, cfg, spec, agent, buffer, counters(), world)
             saved_at = env_step
-    except NonFiniteError as exc:
+        distributed.barrier(world, "the end-of-run barrier")  # every rank's checkpoint is written
+    except (NonFiniteError, distributed.ReplicaMismatchError, distributed.PeerLostError) as exc:
         failure = exc
     except KeyboardInterrupt:  # a second signal: stop now, keep the checkpoint on disk
         forced_stop = True
     finally:
         progress.close()
-        log.close()
+        if log is not None:
+            log.close()
         envs.close()
         eval_envs.close()
 
@@ -365,21 +413,29 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
         "final_eval_returns": eval_returns,
         "best_eval_return_mean": best_eval if math.isfinite(best_eval) else math.nan,
         "buffer_bytes_per_transition": buffer.bytes_per_transition,
-        "buffer_bytes": buffer.nbytes,
+        "buffer_bytes": buffer.nbytes * world.size,  # every rank's shard is the same size
         "updates_per_transition": cfg.updates_per_transition, "replay_ratio": cfg.replay_ratio,
+        "world_size": world.size, "batch_size_per_rank": mine.batch_size,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "torch_version": torch.__version__, "compile": use_compile, "precision": cfg.precision,
-        "interrupted": (stop.requested and vector_step + 1 < cfg.num_vector_steps) or forced_stop,
-        "stop_signal": stop.name or None, "exit_code": stop.exit_code if stop.requested else 0,
+        "interrupted": (halt.requested and vector_step + 1 < cfg.num_vector_steps) or forced_stop,
+        "stop_signal": halt.name or stop.name or None, "exit_code": halt.exit_code if halt.requested else 0,
         "forced_stop": forced_stop, "error": str(failure) if failure else None,
         "checkpoint_env_step": saved_at, "resumed_from_env_step": start.env_step if resume is not None else None,
         "run_dir": str(run_dir),
     }
     if failure is not None:
-        summary["exit_code"] = EXIT_NON_FINITE
-    write_summary(run_dir, summary)
-    plot_learning_curve(run_dir, f"{cfg.algo} {cfg.env} seed {cfg.seed}")
+        summary["exit_code"] = FAILURES[type(failure)][0]
+    if world.is_main:
+        write_summary(run_dir, summary)
+        plot_learning_curve(run_dir, f"{cfg.algo} {cfg.env} seed {cfg.seed}")
     return summary
+
+
+def resume_command(run_dir: str, world: distributed.World) -> str:
+    if not world.active:
+        return f"python -m fastrl.train --resume {shlex.quote(run_dir)}"
+    return f"torchrun --nproc-per-node N -m fastrl.train --resume {shlex.quote(run_dir)} ({world.size} processes in all)"
 
 
 def checkpoint_kept(summary: dict[str, Any]) -> str:
@@ -388,16 +444,19 @@ def checkpoint_kept(summary: dict[str, Any]) -> str:
             else f"no checkpoint had been written yet in {run_dir}")
 
 
-def report(summary: dict[str, Any]) -> int:
-    """One line on stderr saying how the run ended; returns the exit code."""
+def report(summary: dict[str, Any], world: distributed.World = distributed.SINGLE) -> int:
+    """One line on stderr saying how the run ended; returns the exit code. With N ranks, rank 0
+    speaks for all, and every rank reports its own failure."""
     run_dir = summary["run_dir"]
-    resume_cmd = f"python -m fastrl.train --resume {shlex.quote(run_dir)}"
+    resume_cmd = resume_command(run_dir, world)
     saved = summary["checkpoint_env_step"]
     kept = checkpoint_kept(summary)
     if summary["error"]:
-        print(f"python -m fastrl.train: error: {summary['error']}; stopped, {kept}. Try a lower --lr or "
-              f"--max-grad-norm, and check the env's rewards and observations for NaN/Inf", file=sys.stderr)
-        return EXIT_NON_FINITE
+        hint = next(h for code, h in FAILURES.values() if code == summary["exit_code"])
+        print(f"python -m fastrl.train: error: {summary['error']}; stopped, {kept}{hint}", file=sys.stderr)
+        return summary["exit_code"]
+    if not world.is_main:
+        return summary["exit_code"] or (130 if summary["forced_stop"] else 0)
     if summary["forced_stop"]:
         print(f"stopped at once by a second {summary['stop_signal'] or 'interrupt'} at env step "
               f"{summary['env_steps']} without writing a checkpoint; {kept}"
@@ -416,29 +475,40 @@ def report(summary: dict[str, Any]) -> int:
 def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     try:
+        world = distributed.world_from_env()  # torchrun's env vars; a plain run is one rank
         args = build_parser().parse_args(argv)
         notes: list[str] = []  # defaults fitted to the run's length
         cfg, resume = resume_config(args) if args.resume else (config_from_namespace(args, notes), None)
-        spec, device = check_setup(cfg)
+        if resume is not None:
+            resume = distributed.rank_resume_state(world, args.resume, resume)
+        spec, device = check_setup(cfg, world=world)
+        device = distributed.rank_device(world, device)
     except ConfigError as exc:
         print(f"python -m fastrl.train: error: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTING
     except KeyboardInterrupt:
         print("python -m fastrl.train: interrupted before training started; nothing written", file=sys.stderr)
         return 130
-    if resume is not None and resume["counters"]["vector_step"] >= cfg.num_vector_steps:
-        print(f"nothing to do: {cfg.run_dir} already reached env step {resume['counters']['env_step']} of "
-              f"--total-steps {cfg.total_steps}; add --total-steps N to extend it", file=sys.stderr)
+    if resume is not None and resume["counters"]["env_step"] >= cfg.total_steps:
+        if world.is_main:
+            print(f"nothing to do: {cfg.run_dir} already reached env step {resume['counters']['env_step']} of "
+                  f"--total-steps {cfg.total_steps}; add --total-steps N to extend it", file=sys.stderr)
         return 0
-    if notes:
+    if notes and world.is_main:
         print(f"fastrl: defaults fitted to this run's length: {'; '.join(notes)}", file=sys.stderr)
     try:
         with stop_on_signals() as stop:
-            summary = train(cfg, spec, device, t_start, stop=stop, resume=resume)
+            distributed.start(world, device, cfg.collective_timeout)
+            summary = train(cfg, spec, device, t_start, stop=stop, resume=resume, world=world)
     except KeyboardInterrupt:  # a second signal while the summary was being written
         print("stopped at once by a second interrupt after the checkpoint was written", file=sys.stderr)
         return 130
-    return report(summary)
+    except distributed.PeerLostError as exc:  # before the loop: joining, or the start-up broadcasts
+        print(f"python -m fastrl.train: error: {exc}", file=sys.stderr)
+        return EXIT_PEER_LOST
+    finally:
+        distributed.finish()
+    return report(summary, world)
 
 
 class _CallableModule(types.ModuleType):

@@ -1,6 +1,6 @@
 """FLOPs per update, this machine's GEMM rate, and what fraction of that ceiling fastrl reaches.
 
-    python scripts/flop_ceiling.py                      # TD3, DDPG, SAC Pendulum (peer settings), DQN CartPole
+    python scripts/flop_ceiling.py                      # TD3, DDPG, SAC Pendulum (peer settings), DQN CartPole (CleanRL's net, fastrl's preset)
     python scripts/flop_ceiling.py --threads 1 2
     python scripts/flop_ceiling.py --precision bf16     # the bf16 updates against the bf16 GEMM rate
 
@@ -41,6 +41,8 @@ WORKLOADS = {  # peer settings: batch 256, 256-256 (TD3/DDPG/SAC); CleanRL's DQN
     "td3": (build_td3, dict(algo="td3", env="Pendulum-v1", batch_size=256, hidden_sizes=(256, 256), policy_delay=2)),
     "ddpg": (build_ddpg, dict(algo="ddpg", env="Pendulum-v1", batch_size=256, hidden_sizes=(256, 256))),
     "dqn": (build_dqn, dict(algo="dqn", env="CartPole-v1", batch_size=128, hidden_sizes=(120, 84))),
+    # fastrl's own CartPole preset (256-256, batch 128): the workload of `python -m fastrl.train`
+    "dqn-preset": (build_dqn, dict(algo="dqn", env="CartPole-v1")),
     # SAC: the actor and α every update (policy delay 1), both update paths
     "sac": (build_sac, dict(algo="sac", env="Pendulum-v1", batch_size=256, hidden_sizes=(256, 256),
                             gradients="manual")),

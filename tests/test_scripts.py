@@ -48,6 +48,14 @@ def test_flop_ceiling_prints_a_row_per_workload_with_the_matmuls_alone_bound():
         assert matmuls_ms < 2 * update_ms
 
 
+def test_allreduce_cost_prints_a_row_per_workload_and_rank_count():
+    out = run_script("scripts/allreduce_cost.py", "--ranks", "2", "--repeats", "8")
+    rows = [line for line in out.splitlines() if re.match(r"^(dqn|td3) .*\)\s+2\s", line)]
+    assert len(rows) == 2, out
+    dqn_floats = int(rows[0].split(")")[1].split()[1])
+    assert dqn_floats == 67_586  # the preset's 4-256-256-2 Q-net, one flat gradient per update
+
+
 def test_precision_bench_prints_both_precisions_and_their_ratio():
     out = run_script("scripts/precision_bench.py", "--threads", "1", "--algos", "ddpg", "dqn", "--updates", "3",
                      "--repeats", "1")
