@@ -22,11 +22,10 @@ from torch import nn
 
 from fastrl.algorithm import Algorithm
 from fastrl.buffer import Batch
-from fastrl.cuda_graph import GraphedUpdate
 from fastrl.fused_adam import FusedAdam, flatten_parameters_, rebuildable_views
-from fastrl.learner import PRECISIONS, autocast, clip_and_step, grads_into_
+from fastrl.learner import PRECISIONS, autocast, clip_and_step, grads_into_, scheduled_lr, wrap_update
 from fastrl.networks import NatureCNN
-from fastrl.schedules import learning_rate, linear, planned_updates
+from fastrl.schedules import linear, planned_updates
 from fastrl.settings import ConfigError, in_range, setting
 from fastrl.stacked_mlp import StackedMLP, backward
 from fastrl.targets import TargetUpdater, make_target_updater
@@ -264,8 +263,7 @@ class DQN:
     # --- learning ---
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.cfg
-        self.optimizer.lr = learning_rate(cfg.lr_schedule, cfg.lr, self.updates_done, self.total_updates,
-                                          end_fraction=cfg.lr_end_fraction, k0=cfg.lr_k0, power=cfg.lr_power)
+        self.optimizer.lr = scheduled_lr(cfg, cfg.lr, self.updates_done, self.total_updates)
         metrics = self.update_fn(batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminated,
                                  batch.discount, batch.weights)
         self.updates_done += 1
@@ -332,10 +330,7 @@ def build_dqn(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile
         else:
             q_fn, target_fn = (lambda x: q(x.flatten(1))[0]), (lambda x: q_target(x.flatten(1))[0])
         update_fn = make_autograd_update(q_fn, target_fn, list(q.parameters()), flat_grad, optimizer, *args, dtype)
-    if use_compile:
-        update_fn = torch.compile(update_fn)
-    if cfg.cuda_graph:
-        update_fn = GraphedUpdate(update_fn, device)
+    update_fn = wrap_update(update_fn, cfg, use_compile, device)
     targets = make_target_updater([(q, q_target)], cfg.target_update, cfg.tau, cfg.target_period)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed + 1)

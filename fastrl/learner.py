@@ -16,11 +16,14 @@ under `autocast`; the hand-written path by the nets' `compute_dtype` (`stacked_m
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 
+from fastrl.cuda_graph import GraphedUpdate
 from fastrl.distributed import average_gradients_
 from fastrl.fused_adam import FusedAdam, clip_grad_norm_
+from fastrl.schedules import learning_rate
 
 # --precision: the dtype of the updates' matrix products.
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -57,3 +60,19 @@ def clip_and_step(optimizer: FusedAdam, max_grad_norm: float, norm_wanted: bool 
     norm = clip_grad_norm_(optimizer.grads, max_grad_norm) if norm_wanted or max_grad_norm > 0 else None
     optimizer.step()
     return norm
+
+
+def scheduled_lr(cfg, base: float, update: int, total_updates: int) -> float:
+    """The lr of update `update` under the run's --lr-schedule, starting from `base`."""
+    return learning_rate(cfg.lr_schedule, base, update, total_updates, end_fraction=cfg.lr_end_fraction,
+                         k0=cfg.lr_k0, power=cfg.lr_power)
+
+
+def wrap_update(update_fn: Callable, cfg, use_compile: bool, device: torch.device) -> Callable:
+    """The update as the trainer calls it: compiled under --compile, replayed as a CUDA graph
+    under --cuda-graph (the graph captures the compiled function)."""
+    if use_compile:
+        update_fn = torch.compile(update_fn)
+    if cfg.cuda_graph:
+        update_fn = GraphedUpdate(update_fn, device)
+    return update_fn

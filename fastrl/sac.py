@@ -40,11 +40,10 @@ from torch import nn
 
 from fastrl.algorithm import Algorithm
 from fastrl.buffer import Batch
-from fastrl.cuda_graph import GraphedUpdate
 from fastrl.envs import EnvSpec
 from fastrl.fused_adam import FusedAdam, flatten_parameters_, rebuildable_views
-from fastrl.learner import clip_and_step, grads_into_
-from fastrl.schedules import learning_rate, planned_updates
+from fastrl.learner import clip_and_step, grads_into_, scheduled_lr, wrap_update
+from fastrl.schedules import planned_updates
 from fastrl.settings import ConfigError, optional, positive, setting
 from fastrl.stacked_mlp import StackedMLP, backward
 from fastrl.targets import TargetUpdater, make_target_updater
@@ -402,8 +401,7 @@ class SAC:
         if self.temperature.opt is not None:
             opts.append((self.temperature.opt, cfg.alpha_lr or cfg.lr))
         for opt, base in opts:
-            opt.lr = learning_rate(cfg.lr_schedule, base, self.updates_done, self.total_updates,
-                                   end_fraction=cfg.lr_end_fraction, k0=cfg.lr_k0, power=cfg.lr_power)
+            opt.lr = scheduled_lr(cfg, base, self.updates_done, self.total_updates)
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         if self.cfg.lr_schedule != "constant":
@@ -477,10 +475,7 @@ def build_sac(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile
     temperature = make_temperature(cfg, low.numel(), device)
     make = make_manual_update if uses_manual_gradients(cfg, device) else make_autograd_update
     update_fn = make(actor, critic, critic_target, critic_opt, actor_opt, temperature, cfg.gamma, cfg.max_grad_norm)
-    if use_compile:
-        update_fn = torch.compile(update_fn)
-    if cfg.cuda_graph:
-        update_fn = GraphedUpdate(update_fn, device)
+    update_fn = wrap_update(update_fn, cfg, use_compile, device)
     targets = make_target_updater([(critic, critic_target)], cfg.target_update, cfg.tau, cfg.target_period)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed + 1)

@@ -28,10 +28,9 @@ from torch import nn
 
 from fastrl.algorithm import Algorithm
 from fastrl.buffer import Batch
-from fastrl.cuda_graph import GraphedUpdate
 from fastrl.fused_adam import FusedAdam, flatten_parameters_, rebuildable_views
-from fastrl.learner import PRECISIONS, autocast, clip_and_step, grads_into_
-from fastrl.schedules import learning_rate, planned_updates
+from fastrl.learner import PRECISIONS, autocast, clip_and_step, grads_into_, scheduled_lr, wrap_update
+from fastrl.schedules import planned_updates
 from fastrl.settings import ConfigError, non_negative, optional, positive, positive_int, setting
 from fastrl.stacked_mlp import StackedMLP, Trace, backward
 from fastrl.targets import TargetUpdater, make_target_updater
@@ -344,8 +343,7 @@ class TD3:
     def _set_lr(self) -> None:
         cfg = self.cfg
         for opt, base in ((self.critic_opt, cfg.lr), (self.actor_opt, cfg.actor_lr or cfg.lr)):
-            opt.lr = learning_rate(cfg.lr_schedule, base, self.updates_done, self.total_updates,
-                                   end_fraction=cfg.lr_end_fraction, k0=cfg.lr_k0, power=cfg.lr_power)
+            opt.lr = scheduled_lr(cfg, base, self.updates_done, self.total_updates)
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         if self.cfg.lr_schedule != "constant":
@@ -402,10 +400,7 @@ def _build(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile: b
         update_fn = make_manual_update(*args)  # the nets' compute_dtype sets its precision
     else:
         update_fn = make_autograd_update(*args, dtype)
-    if use_compile:
-        update_fn = torch.compile(update_fn)
-    if cfg.cuda_graph:
-        update_fn = GraphedUpdate(update_fn, device)
+    update_fn = wrap_update(update_fn, cfg, use_compile, device)
     targets = make_target_updater([(actor, actor_target), (critic, critic_target)], cfg.target_update, cfg.tau,
                                   cfg.target_period)
     generator = torch.Generator(device=device)
