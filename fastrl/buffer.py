@@ -598,31 +598,36 @@ class ReplayBuffer:
             actions = actions.view(*lead, *self.action_shape)
         return Batch(obs, actions, rewards, next_obs, terminated)
 
-    def _batch(self, rows: torch.Tensor, beta: float | torch.Tensor | None) -> Batch:
-        batch = self.gather(rows)
-        if self._priorities is not None:
-            batch.weights = self._priorities.weights(rows, self._size, beta)
-            batch.indices = rows
-        return batch
-
-    def _check_beta(self, beta: float | torch.Tensor | None) -> None:
-        if self._priorities is not None and beta is None:
+    def _prioritized_batch(self, num_batches: int, batch_size: int, beta: float | torch.Tensor | None,
+                           stacked: bool) -> Batch:
+        """The rows drawn as by sample_rows, their transitions, weights and row ids; [batch_size]
+        fields unless `stacked`."""
+        if beta is None:
             raise ValueError("sample: a prioritized buffer needs beta, the importance-weight exponent (anneal it "
                              "from ~0.4 to 1)")
+        if self._size == 0:
+            raise RuntimeError("sample() on a replay buffer with no complete transition")
+        shape = (num_batches, batch_size) if stacked else (batch_size,)
+        rows, weights = self._priorities.sample_weighted(shape, self.generator, self._size, beta)
+        batch = self.gather(rows)
+        batch.weights, batch.indices = weights, rows
+        return batch
 
     def sample(self, num_batches: int, batch_size: int, beta: float | torch.Tensor | None = None) -> Batch:
         """k mini-batches at once: every tensor has leading dims [num_batches, batch_size]. `beta`:
         the importance-weight exponent, needed (only) by a prioritized buffer."""
-        self._check_beta(beta)
-        return self._batch(self.sample_rows(num_batches, batch_size), beta)
+        if self._priorities is not None:
+            return self._prioritized_batch(num_batches, batch_size, beta, stacked=True)
+        return self.gather(self.sample_rows(num_batches, batch_size))
 
     def sample_batches(self, num_batches: int, batch_size: int,
                        beta: float | torch.Tensor | None = None) -> list[Batch]:
         """The same k mini-batches (same draw, same rows) as a list of [batch_size] batches; for k = 1
         without the stacked dimension, whose views and unbind would cost more than the gather."""
         if num_batches == 1:
-            self._check_beta(beta)
-            return [self._batch(self._draw_rows(batch_size), beta)]
+            if self._priorities is not None:
+                return [self._prioritized_batch(1, batch_size, beta, stacked=False)]
+            return [self.gather(self._draw_rows(batch_size))]
         return self.sample(num_batches, batch_size, beta).unbind()
 
     def update_priorities(self, indices: torch.Tensor, td_errors: torch.Tensor) -> None:

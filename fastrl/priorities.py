@@ -11,11 +11,15 @@ buffer max (baselines' choice, which needs a second, min tree): it costs nothing
 of a batch do not collapse towards 0 because one row somewhere in the buffer has a tiny priority.
 
 Everything stays on the tree's device: the maximum priority is a device scalar, a priority
-update and a draw never read a value back to the host.
+update and a draw never read a value back to the host. On the numba tree the same arithmetic runs
+in `fastrl.priority_kernels` (bit-identical results, fewer calls), with only the powers in torch.
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
 from fastrl.sum_tree import SumTree
@@ -34,6 +38,12 @@ class Priorities:
         self.alpha, self.eps = float(alpha), float(eps)
         self.tree = SumTree(num_rows, device, backend)
         self.max_priority = torch.ones((), dtype=torch.float64, device=device)
+        self._kernels = None
+        if self.tree.backend == "numba":
+            from fastrl import priority_kernels  # numba: only here, as in SumTree
+
+            self._kernels = priority_kernels
+            self._max_np = self.max_priority.view(1).numpy()  # stays valid: loads copy in place
 
     def replace(self, removed: torch.Tensor, added: torch.Tensor) -> None:
         """`removed` rows can no longer be sampled (priority 0); `added` rows now can, at the
@@ -47,16 +57,53 @@ class Priorities:
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         u = torch.rand(n, dtype=torch.float64, generator=generator, device=self.max_priority.device)
-        return self.tree.find(u * self.tree.total())
+        return self.tree.draw(u)
 
     def weights(self, rows: torch.Tensor, count: int, beta: float | torch.Tensor) -> torch.Tensor:
-        return importance_weights(self.tree.values(rows), self.tree.total(), count, beta)
+        """Importance weights of `rows` ([..., B]), normalized over each mini-batch (last dim)."""
+        if self._kernels is None:
+            return importance_weights(self.tree.values(rows), self.tree.total(), count, beta)
+        flat = rows.reshape(-1).numpy()
+        bases = np.empty(flat.shape[0], dtype=np.float64)
+        self._kernels.weight_bases(self.tree._tree_np, flat, self.tree.depth, count, bases)
+        return self._normalized(bases, beta, rows.shape)
+
+    def sample_weighted(self, shape: tuple[int, ...], generator: torch.Generator, count: int,
+                        beta: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """sample(prod(shape)) as rows of `shape` ([..., B]), and their weights: on the numba tree,
+        the draw and the weights' bases in one pass."""
+        n = math.prod(shape)
+        if self._kernels is None:
+            rows = self.sample(n, generator).view(shape)
+            return rows, self.weights(rows, count, beta)
+        u = torch.rand(n, dtype=torch.float64, generator=generator)
+        rows = np.empty(n, dtype=np.int64)
+        bases = np.empty(n, dtype=np.float64)
+        self._kernels.draw_with_bases(self.tree._tree_np, u.numpy(), self.tree.depth, count, rows, bases)
+        return torch.from_numpy(rows.reshape(shape)), self._normalized(bases, beta, shape)
+
+    def _normalized(self, bases: np.ndarray, beta: float | torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """importance_weights from its bases: the power in torch, the normalization in numba."""
+        w = torch.from_numpy(bases).pow_(-beta).numpy().reshape(-1, shape[-1])
+        out = np.empty(shape, dtype=np.float32)
+        self._kernels.normalize_weights(w, out.reshape(w.shape))
+        return torch.from_numpy(out)
 
     def update(self, rows: torch.Tensor, td_errors: torch.Tensor) -> None:
         """p = (|td| + eps)^alpha for rows still sampleable; a row dropped since it was drawn
         (its priority is 0) stays at 0."""
-        rows = rows.reshape(-1)
-        new = (td_errors.detach().reshape(-1).to(torch.float64).abs() + self.eps).pow(self.alpha)
+        rows = rows.reshape(-1) if rows.dim() != 1 else rows
+        td = td_errors.detach() if td_errors.requires_grad else td_errors
+        td = td.reshape(-1) if td.dim() != 1 else td
+        if self._kernels is not None:
+            if td.dtype not in (torch.float32, torch.float64):
+                td = td.to(torch.float64)  # exact, as the float64 cast below
+            new = np.empty(td.shape[0], dtype=np.float64)
+            self._kernels.td_bases(td.numpy(), self.eps, new)
+            torch.from_numpy(new).pow_(self.alpha)
+            self._kernels.set_priorities(self.tree._tree_np, rows.numpy(), new, self.tree.depth, self._max_np)
+            return
+        new = (td.to(torch.float64).abs() + self.eps).pow(self.alpha)
         new = torch.where(self.tree.values(rows) > 0, new, 0.0)
         torch.maximum(self.max_priority, new.max(), out=self.max_priority)
         self.tree.update(rows, new)

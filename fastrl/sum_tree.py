@@ -15,8 +15,9 @@ buffer row that must not be sampled): a node with a positive sum always has a po
 the side taken.
 
 Backends, one algorithm:
-- "numba": per-sample loops jitted by numba (`fastrl.sum_tree_kernels`) on the tree's numpy view;
-  CPU only. The default on CPU.
+- "numba": loops jitted by numba (`fastrl.sum_tree_kernels`) on the tree's numpy view, level by
+  level over all samples like the torch backend but without its temporaries; CPU only. The
+  default on CPU.
 - "torch": vectorized over all samples, level by level, in torch ops on the tree's own device:
   a draw or a change never syncs with the host. The default on any other device; runs on CPU too.
 - "numpy": the torch backend's vectorized code on the numpy view (a reference, and the figure
@@ -80,6 +81,14 @@ class SumTree:
             return torch.from_numpy(node - self.first_leaf).view(u.shape)
         node = torch.ones(u.shape, dtype=torch.int64, device=self.device)
         return _descend(self._pairs, u, node, self.depth) - self.first_leaf
+
+    def draw(self, u: torch.Tensor) -> torch.Tensor:
+        """Leaf ids (int64, 1-d) of the uniforms u (float64 in [0, 1), 1-d): find(u * total)."""
+        if self.backend == "numba":
+            out = np.empty(u.shape[0], dtype=np.int64)
+            self._kernels.draw(self._tree_np, u.numpy(), self.depth, out)
+            return torch.from_numpy(out)
+        return self.find(u * self.total())
 
     def update(self, leaves: torch.Tensor, values: torch.Tensor) -> None:
         """Set leaves (int64, 1-d) to values (>= 0, 1-d); where a leaf repeats, its largest value

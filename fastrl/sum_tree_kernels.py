@@ -5,6 +5,13 @@ only the first run on a machine compiles.
 They perform, per sample and per leaf, exactly the float operations of the vectorized version in
 `fastrl.sum_tree` (same comparisons, same additions, same order along each path), so the trees and
 the sampled leaves are bit-identical across backends.
+
+Both walks go level by level over all samples (levels outside, samples inside) and without
+branches on the data: a tree of a million leaves is 16 MB, so the lower levels of every path miss
+the caches, and one sample's path is a chain of dependent loads. Across samples the loads of a
+level are independent, so the CPU keeps many misses in flight at once, and a branch-free loop body
+has no mispredictions to throw that work away. Node ids are unsigned so that numba emits no
+negative-index wraparound code in the inner loops.
 """
 
 from __future__ import annotations
@@ -14,35 +21,67 @@ import numpy as np
 
 
 @numba.njit(cache=True)
+def _descend(tree: np.ndarray, x: np.ndarray, depth: int, out: np.ndarray) -> None:
+    """out[i] = the leaf whose prefix interval holds x[i]; x is scratch (overwritten)."""
+    n = x.shape[0]
+    node = np.ones(n, dtype=np.uint64)
+    one = np.uint64(1)
+    for _ in range(depth):
+        for i in range(n):
+            left_child = node[i] << one
+            left = tree[left_child]
+            xi = x[i]
+            go_right = (xi >= left) & (tree[left_child + one] > 0.0)
+            # The torch backend's x - left * go_right: left * 1.0 is left, x - 0.0 is x (a select,
+            # not a multiply, in the machine code).
+            x[i] = xi - (left if go_right else 0.0)
+            node[i] = left_child + np.uint64(go_right)
+    first_leaf = 1 << depth
+    for i in range(n):
+        out[i] = np.int64(node[i]) - first_leaf
+
+
+@numba.njit(cache=True)
 def find(tree: np.ndarray, u: np.ndarray, depth: int, out: np.ndarray) -> None:
     """out[i] = the leaf whose prefix interval holds u[i]; a child with sum 0 is never entered."""
-    first_leaf = 1 << depth
+    _descend(tree, u.astype(np.float64), depth, out)
+
+
+@numba.njit(cache=True)
+def draw(tree: np.ndarray, u: np.ndarray, depth: int, out: np.ndarray) -> None:
+    """find(u * total): u uniform in [0, 1)."""
+    x = np.empty(u.shape[0], dtype=np.float64)
+    total = tree[1]
     for i in range(u.shape[0]):
-        x = u[i]
-        node = 1
-        for _ in range(depth):
-            left = tree[2 * node]
-            if x >= left and tree[2 * node + 1] > 0.0:
-                x = x - left
-                node = 2 * node + 1
-            else:
-                node = 2 * node
-        out[i] = node - first_leaf
+        x[i] = u[i] * total
+    _descend(tree, x, depth, out)
 
 
 @numba.njit(cache=True)
 def update(tree: np.ndarray, leaves: np.ndarray, values: np.ndarray, depth: int) -> None:
     """Set leaves[i] to values[i] (where a leaf repeats, its largest value wins), then re-sum
-    every ancestor of a changed leaf from its two children."""
-    first_leaf = 1 << depth
-    for i in range(leaves.shape[0]):
-        tree[first_leaf + leaves[i]] = 0.0
-    for i in range(leaves.shape[0]):
-        node = first_leaf + leaves[i]
-        if values[i] > tree[node]:
-            tree[node] = values[i]
-    for i in range(leaves.shape[0]):
-        node = first_leaf + leaves[i]
-        for _ in range(depth):
-            node = node // 2
-            tree[node] = tree[2 * node] + tree[2 * node + 1]
+    every ancestor of a changed leaf from its two children, one level at a time (a parent reached
+    twice gets the same sum twice)."""
+    first_leaf = np.uint64(1 << depth)
+    n = leaves.shape[0]
+    node = np.empty(n, dtype=np.uint64)
+    for i in range(n):
+        node[i] = first_leaf + np.uint64(leaves[i])
+        tree[node[i]] = 0.0
+    for i in range(n):
+        if values[i] > tree[node[i]]:
+            tree[node[i]] = values[i]
+    one = np.uint64(1)
+    level = depth  # the level of node[i]; level L holds the nodes [2^L, 2^(L+1))
+    while level > 0 and (1 << (level - 1)) > n:
+        for i in range(n):
+            parent = node[i] >> one
+            left_child = parent << one
+            tree[parent] = tree[left_child] + tree[left_child + one]
+            node[i] = parent
+        level -= 1
+    # Levels of no more nodes than changed leaves: re-summing all of a level costs less than one
+    # sum per path, and gives the same floats (every inner node already is the sum of its children).
+    for parent_level in range(level - 1, -1, -1):
+        for parent in range(1 << parent_level, 2 << parent_level):
+            tree[parent] = tree[2 * parent] + tree[2 * parent + 1]

@@ -12,6 +12,7 @@ import torch
 
 from fastrl.buffer import ReplayBuffer
 from fastrl.config import ConfigError
+from fastrl.priorities import Priorities
 from fastrl.sum_tree import SumTree
 from tests.fake_replay import fake_stream
 
@@ -49,6 +50,60 @@ def test_trees_agree_bit_for_bit_and_with_a_brute_force_reference():
                               np.flatnonzero(reference)[-1])
         assert np.array_equal(found[0].numpy(), expected), op
         assert (reference[found[0].numpy()] > 0).all()  # never a leaf of value 0
+
+
+def test_numba_draws_and_level_by_level_updates_equal_the_torch_tree_on_random_trees():
+    """The numba kernels walk all samples level by level and re-sum whole top levels; on trees of
+    several sizes, updates smaller and larger than a level (repeated leaves, zero leaves, a tree
+    emptied and refilled), the trees and the draws from uniforms stay bit-identical to torch's."""
+    rng = np.random.default_rng(11)
+    for num_leaves in (1, 2, 3, 64, 1000, 5000):
+        numba_tree, torch_tree = SumTree(num_leaves, "cpu", "numba"), SumTree(num_leaves, "cpu", "torch")
+        for op in range(25):
+            n = int(rng.choice([1, 2, 7, 100, 3 * num_leaves]))
+            leaves = torch.from_numpy(rng.integers(0, num_leaves, n))
+            values = torch.from_numpy(rng.exponential(size=n) * (rng.random(n) > 0.4))
+            if op == 10:
+                leaves, values = torch.arange(num_leaves), torch.zeros(num_leaves)  # all zero, then refilled
+            for tree in (numba_tree, torch_tree):
+                tree.update(leaves, values)
+            assert torch.equal(numba_tree.tree, torch_tree.tree), (num_leaves, op)
+            u = torch.from_numpy(np.concatenate([rng.random(300), [0.0, np.nextafter(1.0, 0.0)]]))
+            if float(torch_tree.total()) > 0:
+                drawn = numba_tree.draw(u)
+                assert torch.equal(drawn, torch_tree.draw(u)), (num_leaves, op)
+                assert (numba_tree.values(drawn) > 0).all()
+
+
+@pytest.mark.parametrize("td_dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_the_numba_priority_kernels_equal_the_torch_expressions(td_dtype):
+    """Priorities on the numba tree (fused draw and weight bases, the normalization, the update
+    with its mask and running max) against the torch expressions on the torch tree, bit for bit;
+    stacked [k, B] draws, 2-d and grad-carrying TD errors, and rows dropped since their draw."""
+    numba_p, torch_p = (Priorities(3000, torch.device("cpu"), ALPHA, EPS, backend) for backend in ("numba", "torch"))
+    rng = np.random.default_rng(12)
+    for p in (numba_p, torch_p):
+        p.replace(torch.zeros(0, dtype=torch.int64), torch.arange(2500))
+    generators = [torch.Generator().manual_seed(3) for _ in range(2)]
+    for round_ in range(6):
+        shape = ((256,), (3, 64), (1, 5))[round_ % 3]
+        beta = 0.4 + 0.1 * round_ if round_ % 2 else torch.tensor(0.5)
+        (rows, weights), (ref_rows, ref_weights) = (p.sample_weighted(shape, g, 2500, beta)
+                                                    for p, g in zip((numba_p, torch_p), generators))
+        assert rows.shape == weights.shape == shape and weights.dtype == torch.float32
+        assert torch.equal(rows, ref_rows) and torch.equal(weights, ref_weights), round_
+        assert torch.equal(numba_p.weights(rows, 2500, beta), ref_weights)
+        dropped = torch.from_numpy(rng.choice(rows.reshape(-1).numpy(), 3))  # stale rows: stay at 0
+        for p in (numba_p, torch_p):
+            p.replace(dropped, torch.zeros(0, dtype=torch.int64))
+        td = torch.from_numpy(rng.standard_normal(shape) * 10.0 ** (round_ - 3)).to(td_dtype)
+        td.requires_grad_(td_dtype != torch.bfloat16)
+        for p in (numba_p, torch_p):
+            p.update(rows, td * 1)
+        assert torch.equal(numba_p.tree.tree, torch_p.tree.tree), round_
+        assert torch.equal(numba_p.max_priority, torch_p.max_priority)
+        assert torch.all(numba_p.tree.values(dropped) == 0)
+    assert numba_p.max_priority > 1.0  # the running max took in the large TD errors
 
 
 def test_the_cuda_tree_equals_the_cpu_trees(cuda_device):
