@@ -3,6 +3,7 @@
     python scripts/buffer_micro.py            # uniform sample and add, then the prioritized pair
     python scripts/buffer_micro.py --per      # only the prioritized pair, for each sum-tree backend
     /tmp/cpprb-venv/bin/python scripts/buffer_micro.py --cpprb   # the same pair in cpprb (numpy only)
+    python scripts/buffer_micro.py --per --per-call               # medians over single calls (a busy machine)
 
 sample(256) from a full 1e6 buffer (obs 17, act 6, HalfCheetah-shaped rows) as one call (stacked, and
 as the trainer's list of batches) and as one draw of 16 batches, and add of 8 envs one vector step
@@ -27,11 +28,20 @@ import numpy as np
 OBS, ACT, CAPACITY, NUM_ENVS, CHUNK, BATCH = 17, 6, 1_000_000, 8, 1000, 256
 
 
-def median_us(fn: Callable[[], object], calls: int, repeats: int = 7) -> float:
+def median_us(fn: Callable[[], object], calls: int, repeats: int = 7, per_call: bool = False) -> float:
+    """The median over repetitions of the mean time of `calls` calls; `per_call`: the median over
+    all calls, each timed alone (on a machine shared with other jobs, the calls that a time slice
+    of another process interrupts then do not count)."""
     times = []
     for _ in range(repeats):
         for _ in range(min(calls, 100)):
             fn()
+        if per_call:
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e6)
+            continue
         t0 = time.perf_counter()
         for _ in range(calls):
             fn()
@@ -88,13 +98,14 @@ def prioritized_pair(backend: str, capacity: int = CAPACITY) -> Callable[[], obj
     return pair
 
 
-def prioritized_timings(capacity: int = CAPACITY, calls: int = 2000) -> None:
+def prioritized_timings(capacity: int = CAPACITY, calls: int = 2000, per_call: bool = False) -> None:
     import torch
 
     print(f"prioritized buffer of {capacity} rows, torch {torch.__version__}, 1 thread")
     for backend in ("numba", "torch", "numpy"):
         pair = prioritized_pair(backend, capacity)
-        print(f"sample(1, 256) + update_priorities(256), {backend:>5} tree: {median_us(pair, calls):8.1f} us")
+        print(f"sample(1, 256) + update_priorities(256), {backend:>5} tree: "
+              f"{median_us(pair, calls, per_call=per_call):8.1f} us")
 
 
 def cpprb_pair(capacity: int = CAPACITY) -> Callable[[], object]:
@@ -118,11 +129,12 @@ def cpprb_pair(capacity: int = CAPACITY) -> Callable[[], object]:
     return pair
 
 
-def cpprb_timings(capacity: int = CAPACITY, calls: int = 2000) -> None:
+def cpprb_timings(capacity: int = CAPACITY, calls: int = 2000, per_call: bool = False) -> None:
     from importlib.metadata import version
 
     print(f"cpprb {version('cpprb')} PrioritizedReplayBuffer of {capacity} rows")
-    print(f"sample(256) + update_priorities(256), cpprb: {median_us(cpprb_pair(capacity), calls):8.1f} us")
+    print(f"sample(256) + update_priorities(256), cpprb: "
+          f"{median_us(cpprb_pair(capacity), calls, per_call=per_call):8.1f} us")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,16 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--cpprb", action="store_true", help="only the prioritized pair in cpprb (no torch needed)")
     parser.add_argument("--capacity", type=int, default=CAPACITY, help="rows of the prioritized buffers")
     parser.add_argument("--calls", type=int, default=2000, help="timed calls per repetition of the pair")
+    parser.add_argument("--per-call", action="store_true",
+                        help="the prioritized pair's median over single calls, not over means of --calls calls")
     args = parser.parse_args(argv)
     if args.cpprb:
-        cpprb_timings(args.capacity, args.calls)
+        cpprb_timings(args.capacity, args.calls, args.per_call)
         return 0
     import torch
 
     torch.set_num_threads(1)
     if not args.per:
         uniform_timings()
-    prioritized_timings(args.capacity, args.calls)
+    prioritized_timings(args.capacity, args.calls, args.per_call)
     return 0
 
 

@@ -65,8 +65,9 @@ def test_precision_bench_prints_both_precisions_and_their_ratio():
         assert row[2] == "manual" and float(row[3]) > 0 and float(row[4]) > 0 and row[5].endswith("x")
 
 
-def test_buffer_micro_times_the_prioritized_pair_for_every_sum_tree():
-    out = run_script("scripts/buffer_micro.py", "--per", "--capacity", "20000", "--calls", "5")
+@pytest.mark.parametrize("timing", [[], ["--per-call"]], ids=["means", "per-call"])
+def test_buffer_micro_times_the_prioritized_pair_for_every_sum_tree(timing):
+    out = run_script("scripts/buffer_micro.py", "--per", "--capacity", "20000", "--calls", "5", *timing)
     backends = re.findall(r"^sample\(1, 256\) \+ update_priorities\(256\), +(\w+) tree: +[\d.]+ us$", out, re.M)
     assert backends == ["numba", "torch", "numpy"], out
 
