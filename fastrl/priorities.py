@@ -12,7 +12,7 @@ of a batch do not collapse towards 0 because one row somewhere in the buffer has
 
 Everything stays on the tree's device: the maximum priority is a device scalar, a priority
 update and a draw never read a value back to the host. On the numba tree the same arithmetic runs
-in `fastrl.priority_kernels` (bit-identical results, fewer calls), with only the powers in torch.
+in `fastrl.sum_tree_kernels` (bit-identical results, fewer calls), with only the powers in torch.
 """
 
 from __future__ import annotations
@@ -40,9 +40,7 @@ class Priorities:
         self.max_priority = torch.ones((), dtype=torch.float64, device=device)
         self._kernels = None
         if self.tree.backend == "numba":
-            from fastrl import priority_kernels  # numba: only here, as in SumTree
-
-            self._kernels = priority_kernels
+            self._kernels = self.tree._kernels
             self._max_np = self.max_priority.view(1).numpy()  # stays valid: loads copy in place
 
     def replace(self, removed: torch.Tensor, added: torch.Tensor) -> None:

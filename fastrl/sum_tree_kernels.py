@@ -6,6 +6,14 @@ They perform, per sample and per leaf, exactly the float operations of the vecto
 `fastrl.sum_tree` (same comparisons, same additions, same order along each path), so the trees and
 the sampled leaves are bit-identical across backends.
 
+The second half holds the loops of `fastrl.priorities` on a numba tree: each replaces a run of
+small torch ops (a few microseconds each on a CPU) with one call over preallocated arrays. The
+powers, (|td| + eps)^alpha and the weights' ^-beta, stay in torch: its vectorized pow is not
+bit-identical to libm's, and the numba tree must hold and draw exactly what the torch tree does.
+Everything else performs the float operations of the torch expressions in `fastrl.priorities`, in
+the same order. One file for both halves: numba's on-disk cache notices edits to the file of a
+cached function only, not to the njit functions it calls from other files.
+
 Both walks go level by level over all samples (levels outside, samples inside) and without
 branches on the data: a tree of a million leaves is 16 MB, so the lower levels of every path miss
 the caches, and one sample's path is a chain of dependent loads. Across samples the loads of a
@@ -85,3 +93,63 @@ def update(tree: np.ndarray, leaves: np.ndarray, values: np.ndarray, depth: int)
     for parent_level in range(level - 1, -1, -1):
         for parent in range(1 << parent_level, 2 << parent_level):
             tree[parent] = tree[2 * parent] + tree[2 * parent + 1]
+
+
+# --- the loops of fastrl.priorities ---
+
+
+@numba.njit(cache=True)
+def weight_bases(tree: np.ndarray, rows: np.ndarray, depth: int, count: int, out: np.ndarray) -> None:
+    """out[i] = count * p[rows[i]] / total, the base that `importance_weights` raises to -beta."""
+    first_leaf = 1 << depth
+    scale = np.float64(count)
+    total = tree[1]
+    for i in range(rows.shape[0]):
+        out[i] = scale * tree[first_leaf + rows[i]] / total
+
+
+@numba.njit(cache=True)
+def draw_with_bases(tree: np.ndarray, u: np.ndarray, depth: int, count: int, rows: np.ndarray,
+                    bases: np.ndarray) -> None:
+    """rows = the tree's draws for the uniforms u, and their weight bases (see weight_bases)."""
+    draw(tree, u, depth, rows)
+    weight_bases(tree, rows, depth, count, bases)
+
+
+@numba.njit(cache=True)
+def normalize_weights(w: np.ndarray, out: np.ndarray) -> None:
+    """out[k, i] = float32(w[k, i] / max_i w[k, i]): each mini-batch's weights over its largest
+    (a NaN propagates to the maximum, as torch.amax does)."""
+    if w.shape[1] == 0:
+        return
+    for k in range(w.shape[0]):
+        largest = w[k, 0]
+        for i in range(1, w.shape[1]):
+            if w[k, i] > largest or w[k, i] != w[k, i]:
+                if largest == largest:
+                    largest = w[k, i]
+        for i in range(w.shape[1]):
+            out[k, i] = np.float32(w[k, i] / largest)
+
+
+@numba.njit(cache=True)
+def td_bases(td: np.ndarray, eps: float, out: np.ndarray) -> None:
+    """out[i] = |td[i]| + eps in float64, the base raised to alpha."""
+    for i in range(td.shape[0]):
+        out[i] = abs(np.float64(td[i])) + eps
+
+
+@numba.njit(cache=True)
+def set_priorities(tree: np.ndarray, leaves: np.ndarray, new: np.ndarray, depth: int,
+                   max_priority: np.ndarray) -> None:
+    """Priorities.update after the power: a row whose priority is 0 (dropped since it was drawn)
+    stays at 0, the running maximum takes in the new priorities, and the tree takes them."""
+    first_leaf = 1 << depth
+    largest = max_priority[0]
+    for i in range(leaves.shape[0]):
+        if not tree[first_leaf + leaves[i]] > 0.0:
+            new[i] = 0.0
+        if (new[i] > largest or new[i] != new[i]) and largest == largest:
+            largest = new[i]
+    max_priority[0] = largest
+    update(tree, leaves, new, depth)
