@@ -333,11 +333,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _as_flag(name: str, value: Any) -> str:
+    """A setting as the command line spells it, so a preset line can be pasted back."""
+    if isinstance(value, bool):
+        return flag(name) if value else "--no-" + flag(name)[2:]
+    if isinstance(value, (tuple, list)):
+        return f"{flag(name)} {' '.join(str(v) for v in value)}"
+    return f"{flag(name)} {value}"
+
+
 def describe_presets() -> str:
     lines = ["presets (applied from --algo and --env, before your flags):"]
     for algo in ALGORITHMS.values():
         for env_id, values in algo.presets.items():
-            shown = " ".join(f"{flag(k)} {v}" for k, v in values.items())
+            shown = " ".join(_as_flag(k, v) for k, v in values.items())
             lines.append(f"  {algo.name} {env_id}: {shown}")
     notes = [f"  {a.name}: {a.notes}" for a in ALGORITHMS.values() if a.notes]
     if notes:
