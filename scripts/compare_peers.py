@@ -72,7 +72,7 @@ def dqn_workload(steps: int, num_envs: int, loss: str = "mse") -> Workload:
     fastrl = dict(algo="dqn", env="CartPole-v1", total_steps=steps, num_envs=num_envs, buffer_size=10_000,
                   batch_size=128, learning_starts=10_000, train_every=5, updates_per_train=num_envs // 2, lr=2.5e-4,
                   lr_schedule="constant", gamma=0.99, target_update="hard", target_period=50,
-                  hidden_sizes=(120, 84), loss=loss, double_dqn=False, max_grad_norm=clip,
+                  hidden_sizes=(120, 84), loss=loss, double_dqn=False, max_grad_norm=clip, n_step=1,
                   eps_start=1.0, eps_end=0.05, eps_fraction=0.5, eval_episodes=10, eval_every=0, log_every=20_000)
     sb3 = dict(learning_rate=2.5e-4, buffer_size=10_000, learning_starts=10_000, batch_size=128, tau=1.0,
                gamma=0.99, target_update_interval=500, exploration_fraction=0.5, exploration_initial_eps=1.0,
