@@ -11,7 +11,9 @@ Adam per net:
 - `make_manual_update`: the same losses with the ReLU MLPs' backward written out (`stacked_mlp`):
   the actor's needs only dQ/da from the critics, and the squashed Gaussian's own gradient is
   `squashed_gaussian_grads`. Tests hold it to the autograd update; `--gradients auto` picks it on
-  CPU, where it is the faster path.
+  CPU, where it is the faster path. It alone has `--precision bf16` (the nets' `compute_dtype`, as
+  TD3's: bf16 copies of fp32 master weights in `stacked_mlp.low_precision_layers`); the autograd
+  update is fp32 only, and bf16 is refused where it would run.
 Neither holds a Python branch on tensor values: `update_actor` is a host bool and fixed-vs-tuned α
 a build-time switch; the Gaussian noise comes in as arguments, drawn from the agent's generator
 outside the function, so a CUDA graph can replay it.
@@ -42,10 +44,10 @@ from fastrl.algorithm import Algorithm
 from fastrl.buffer import Batch
 from fastrl.envs import EnvSpec
 from fastrl.fused_adam import FusedAdam, flatten_parameters_, rebuildable_views
-from fastrl.learner import clip_and_step, grads_into_, scheduled_lr, wrap_update
+from fastrl.learner import PRECISIONS, clip_and_step, grads_into_, scheduled_lr, wrap_update
 from fastrl.schedules import planned_updates
 from fastrl.settings import ConfigError, optional, positive, setting
-from fastrl.stacked_mlp import StackedMLP, backward
+from fastrl.stacked_mlp import StackedMLP, Trace, backward
 from fastrl.targets import TargetUpdater, make_target_updater
 from fastrl.td3 import (
     box_fraction, check_spec, critic_input, critic_loss, manual_critic_step, td_abs, td_target, to_box,
@@ -179,14 +181,34 @@ def autograd_forward(net: StackedMLP, x: torch.Tensor) -> torch.Tensor:
     return h.view(members, -1, batch).mT
 
 
+@dataclass
+class TracedSample:
+    """A batch of actor samples from the hand-written forward: what the losses read (the env
+    action, log π) and what `squashed_gaussian_grads` and `backward` need (tanh u, σε, the raw
+    log σ, the net's trace). `rows` takes a contiguous block of the samples."""
+    action: torch.Tensor  # [B, A]
+    log_prob: torch.Tensor  # [B]
+    unit: torch.Tensor  # tanh(u), [B, A]
+    scaled_noise: torch.Tensor  # σε = u − μ, [B, A]
+    raw_log_std: torch.Tensor  # [B, A]
+    trace: Trace
+
+    def rows(self, rows: slice) -> TracedSample:
+        """Samples `rows` only (views: the trace's activations are [1, B, features], so a block of
+        rows is still one contiguous block for the backward's products)."""
+        return TracedSample(self.action[rows], self.log_prob[rows], self.unit[rows], self.scaled_noise[rows],
+                            self.raw_log_std[rows], Trace([x[:, rows] for x in self.trace.inputs], self.trace.weights))
+
+
 class GaussianActor(nn.Module):
     """Squashed-Gaussian policy: an MLP giving (μ, raw log σ) per action dim; the action is
     to_box(tanh(μ + σε))."""
 
-    def __init__(self, obs_dim: int, hidden_sizes: tuple[int, ...], low: torch.Tensor, high: torch.Tensor):
+    def __init__(self, obs_dim: int, hidden_sizes: tuple[int, ...], low: torch.Tensor, high: torch.Tensor,
+                 compute_dtype: torch.dtype = torch.float32):
         super().__init__()
         self.action_dim = low.numel()
-        self.net = StackedMLP(1, obs_dim, hidden_sizes, 2 * self.action_dim)
+        self.net = StackedMLP(1, obs_dim, hidden_sizes, 2 * self.action_dim, compute_dtype)
         low, high = low.reshape(-1).float().clone(), high.reshape(-1).float().clone()
         self.register_buffer("low", low)
         self.register_buffer("high", high)
@@ -204,6 +226,16 @@ class GaussianActor(nn.Module):
         mean, log_std = self.distribution(obs)
         pre, unit = squashed_sample(mean, log_std, noise)
         return to_box(unit, self.low, self.high), squashed_log_prob(noise, log_std, pre, self.log_half_width)
+
+    def sample_traced(self, obs: torch.Tensor, noise: torch.Tensor) -> TracedSample:
+        """`sample` through the hand-written path's forward (`forward_traced`, in the net's compute
+        dtype), keeping what the actor's backward needs."""
+        out, trace = self.net.forward_traced(obs.flatten(1))
+        mean, raw = out[0, :, :self.action_dim], out[0, :, self.action_dim:]
+        log_std = bounded_log_std(raw)
+        pre, unit = squashed_sample(mean, log_std, noise)
+        log_prob = squashed_log_prob(noise, log_std, pre, self.log_half_width)
+        return TracedSample(to_box(unit, self.low, self.high), log_prob, unit, pre - mean, raw, trace)
 
     def act(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """A sampled env action through the 2-D acting path (`StackedMLP.forward_one`)."""
@@ -243,23 +275,29 @@ def _soft_target(actor: GaussianActor, critic_target: StackedMLP, rewards: torch
         return soft_td_target(rewards, terminated, next_q, next_log_prob, alpha, gamma)
 
 
-def _temperature_step(temperature: Temperature, log_prob: torch.Tensor, metrics: dict[str, torch.Tensor],
-                      by_hand: bool) -> None:
-    """The α step (when tuned) on the actor step's detached log π; its loss into `metrics`. By hand,
-    d loss/d log α = −mean(log π + H̄)."""
+def _temperature_step(temperature: Temperature, log_prob: torch.Tensor, metrics: dict[str, torch.Tensor]) -> None:
+    """The α step (when tuned) on the actor step's detached log π, by autograd; its loss into `metrics`."""
+    log_alpha = temperature.log_alpha
+    if log_alpha is None:
+        return
+    with torch.enable_grad():
+        alpha_loss = temperature_loss(log_alpha, log_prob, temperature.target_entropy)
+        grads_into_(alpha_loss, [log_alpha], temperature.opt.grads[0])
+    clip_and_step(temperature.opt, 0.0, norm_wanted=False)  # never clipped; averaged over the ranks
+    metrics["alpha_loss"] = alpha_loss.detach()
+
+
+def _temperature_step_by_hand(temperature: Temperature, mean_log_prob: torch.Tensor,
+                              metrics: dict[str, torch.Tensor]) -> None:
+    """`_temperature_step` from the batch's mean log π: `temperature_loss` is −log α · (mean log π + H̄),
+    so its gradient is g = −(mean log π + H̄) and the loss log α · g."""
     log_alpha = temperature.log_alpha
     if log_alpha is None:
         return
     grad = temperature.opt.grads[0]
-    if by_hand:
-        alpha_loss = temperature_loss(log_alpha.detach(), log_prob, temperature.target_entropy)
-        torch.neg(log_prob.mean().add(temperature.target_entropy), out=grad[0])
-    else:
-        with torch.enable_grad():
-            alpha_loss = temperature_loss(log_alpha, log_prob, temperature.target_entropy)
-            grads_into_(alpha_loss, [log_alpha], grad)
+    torch.neg(mean_log_prob.add(temperature.target_entropy), out=grad[0])
+    metrics["alpha_loss"] = log_alpha.detach()[0] * grad[0]  # before the step, as autograd's loss
     clip_and_step(temperature.opt, 0.0, norm_wanted=False)  # never clipped; averaged over the ranks
-    metrics["alpha_loss"] = alpha_loss.detach()
 
 
 def make_autograd_update(actor: GaussianActor, critic: StackedMLP, critic_target: StackedMLP,
@@ -294,7 +332,7 @@ def make_autograd_update(actor: GaussianActor, critic: StackedMLP, critic_target
             clip_and_step(actor_opt, max_grad_norm, norm_wanted=False)  # its norm is not logged: only to clip
             log_prob = log_prob.detach()
             metrics.update(actor_loss=policy_loss.detach(), alpha=alpha, entropy=-log_prob.mean())
-            _temperature_step(temperature, log_prob, metrics, by_hand=False)
+            _temperature_step(temperature, log_prob, metrics)
         return metrics
 
     return update
@@ -304,12 +342,18 @@ def make_manual_update(actor: GaussianActor, critic: StackedMLP, critic_target: 
                        actor_opt: FusedAdam, temperature: Temperature, gamma: float,
                        max_grad_norm: float) -> UpdateFn:
     """`make_autograd_update` with the backward passes written out for the ReLU MLPs
-    (`stacked_mlp.backward`): the same losses, tested against it. The actor's gradient takes only
-    dQ/da from the critics and goes through the squashed Gaussian by `squashed_gaussian_grads`."""
+    (`stacked_mlp.backward`): the same losses, tested against it, with the products in the nets'
+    `compute_dtype` (`--precision`). The actor's gradient takes only dQ/da from the critics and goes
+    through the squashed Gaussian by `squashed_gaussian_grads`.
+
+    On an actor update the actor's samples at s' (for the target) and at s (for its own step) come
+    from one forward over both batches: nothing changes the actor's weights before its own step, so
+    the sample at s is the one a forward after the critic step would draw (the critic it climbs is
+    still the freshly stepped one). One forward of twice the rows runs its products at a better rate
+    and every small op of the squashed Gaussian once instead of twice."""
     critic_w_grads, critic_b_grads = _grad_views(critic)
     actor_w_grads, actor_b_grads = _grad_views(actor.net)
-    dims = actor.action_dim
-    action_cols = slice(critic.weights[0].shape[2] - dims, None)  # the critic input's action columns
+    action_cols = slice(critic.weights[0].shape[2] - actor.action_dim, None)  # the critic input's action columns
     half_width = box_fraction(1.0, actor.low, actor.high)
 
     @torch.no_grad()
@@ -318,30 +362,33 @@ def make_manual_update(actor: GaussianActor, critic: StackedMLP, critic_target: 
                discount: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         batch = rewards.shape[0]
         alpha = temperature.value()
-        target = _soft_target(actor, critic_target, rewards, terminated, next_obs, next_noise, alpha,
-                              gamma if discount is None else discount)
+        if update_actor:  # decided by the host's update counter, never by a tensor
+            both = actor.sample_traced(torch.cat((next_obs.flatten(1), obs.flatten(1))), torch.cat((next_noise, noise)))
+            after, now = both.rows(slice(0, batch)), both.rows(slice(batch, None))
+        else:
+            after = actor.sample_traced(next_obs, next_noise)
+        next_q = critic_target.infer(critic_input(next_obs, after.action))[..., 0]
+        target = soft_td_target(rewards, terminated, next_q, after.log_prob, alpha,
+                                gamma if discount is None else discount)
         metrics = manual_critic_step(critic, critic_opt, critic_w_grads(), critic_b_grads(), obs, actions, target,
                                      weights, max_grad_norm)
 
         if update_actor:
-            out, actor_trace = actor.net.forward_traced(obs.flatten(1))
-            mean, raw = out[0, :, :dims], out[0, :, dims:]
-            log_std = bounded_log_std(raw)
-            pre, unit = squashed_sample(mean, log_std, noise)
-            log_prob = squashed_log_prob(noise, log_std, pre, actor.log_half_width)
-            q_out, q_trace = critic.forward_traced(critic_input(obs, to_box(unit, actor.low, actor.high)))
+            q_out, q_trace = critic.forward_traced(critic_input(obs, now.action))  # the stepped critic
             q_pi = q_out[..., 0]
-            policy_loss = actor_loss(q_pi, log_prob, alpha)
+            policy_loss = actor_loss(q_pi, now.log_prob, alpha)
             # d loss/d Q_e = −1/B through the min, split evenly among tied critics (as autograd's amin)
             is_min = (q_pi == q_pi.amin(dim=0)).float()
             d_q = is_min.div_(is_min.sum(dim=0).mul_(-batch))
             d_action = backward(q_trace, d_q.unsqueeze(-1), None, None, input_cols=action_cols)
-            d_out = squashed_gaussian_grads(d_action.sum(dim=0), alpha / batch, unit, pre - mean, raw, half_width)
-            backward(actor_trace, d_out.unsqueeze(0), actor_w_grads(), actor_b_grads())
+            d_out = squashed_gaussian_grads(d_action.sum(dim=0), alpha / batch, now.unit, now.scaled_noise,
+                                            now.raw_log_std, half_width)
+            backward(now.trace, d_out.unsqueeze(0), actor_w_grads(), actor_b_grads())
             clip_and_step(actor_opt, max_grad_norm, norm_wanted=False)  # its norm is not logged: only to clip
             actor.net.weights_changed()  # as td3: any low-precision copies of the weights are stale
-            metrics.update(actor_loss=policy_loss, alpha=alpha, entropy=-log_prob.mean())
-            _temperature_step(temperature, log_prob, metrics, by_hand=True)
+            mean_log_prob = now.log_prob.mean()
+            metrics.update(actor_loss=policy_loss, alpha=alpha, entropy=-mean_log_prob)
+            _temperature_step_by_hand(temperature, mean_log_prob, metrics)
         return metrics
 
     return update
@@ -463,8 +510,12 @@ def build_sac(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile
     low = torch.tensor(spec.action_low, dtype=torch.float32)
     high = torch.tensor(spec.action_high, dtype=torch.float32)
     hidden = tuple(cfg.hidden_sizes)
-    actor = GaussianActor(obs_dim, hidden, low, high).to(device)
-    critic = StackedMLP(2, obs_dim + low.numel(), hidden, 1).to(device)  # twin critics, one batched net
+    manual = uses_manual_gradients(cfg, device)
+    if cfg.precision != "fp32" and not manual:
+        raise ConfigError(_autograd_fp32_only(cfg))
+    dtype = PRECISIONS[cfg.precision]  # the hand-written path's products (`StackedMLP.compute_dtype`)
+    actor = GaussianActor(obs_dim, hidden, low, high, dtype).to(device)
+    critic = StackedMLP(2, obs_dim + low.numel(), hidden, 1, dtype).to(device)  # twin critics, one batched net
     critic_target = copy.deepcopy(critic).requires_grad_(False)
     # Each net's parameters (and gradients) share one flat tensor: clip and Adam are single-tensor ops.
     critic_flat, critic_flat_grad = flatten_parameters_(critic)
@@ -473,7 +524,7 @@ def build_sac(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile
     actor_opt = FusedAdam([actor_flat], lr=cfg.actor_lr or cfg.lr, grads=[actor_flat_grad],
                           lr_on_device=cfg.cuda_graph)
     temperature = make_temperature(cfg, low.numel(), device)
-    make = make_manual_update if uses_manual_gradients(cfg, device) else make_autograd_update
+    make = make_manual_update if manual else make_autograd_update
     update_fn = make(actor, critic, critic_target, critic_opt, actor_opt, temperature, cfg.gamma, cfg.max_grad_norm)
     update_fn = wrap_update(update_fn, cfg, use_compile, device)
     targets = make_target_updater([(critic, critic_target)], cfg.target_update, cfg.tau, cfg.target_period)
@@ -487,11 +538,21 @@ def build_sac(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile
                generator, device, planned_updates(cfg), policy_sample, policy_greedy)
 
 
+def _autograd_fp32_only(cfg: Any) -> str:
+    return (f"--precision {cfg.precision}: SAC's autograd update (--gradients {cfg.gradients} on this device) "
+            f"trains in fp32 only; use --precision fp32, or the hand-written update (--gradients manual, or auto "
+            f"on CPU) for bf16")
+
+
 def validate(cfg: Any) -> None:
-    """A fixed α is never tuned: the tuning settings would be silently ignored. SAC trains in fp32
-    only: its feature-major autograd forward has no bf16 path yet."""
+    """A fixed α is never tuned: the tuning settings would be silently ignored. bf16 runs on the
+    hand-written update only: the autograd update's feature-major forward has no autocast path."""
     if cfg.precision != "fp32":
-        raise ConfigError(f"--precision {cfg.precision}: SAC supports only fp32 (allowed for sac: fp32)")
+        from fastrl.config import resolve_device  # not at the top: fastrl.config imports the registry
+
+        device = resolve_device(cfg.device)
+        if not uses_manual_gradients(cfg, device):
+            raise ConfigError(_autograd_fp32_only(cfg))
     if cfg.alpha is not None:
         for name in ("target_entropy", "alpha_lr"):
             if getattr(cfg, name) is not None:

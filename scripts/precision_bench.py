@@ -2,6 +2,7 @@
 
     python scripts/precision_bench.py                      # TD3 Pendulum, batch 256, 256-256, 2 threads
     python scripts/precision_bench.py --algos td3 ddpg dqn --threads 1 2 --gradients manual autograd
+    python scripts/precision_bench.py --algos sac --threads 1 2   # SAC: bf16 on the hand-written update only
     python scripts/precision_bench.py --threads 1 --clock cpu   # on a machine others are loading
 
 Each variant is an agent built as the trainer builds it (same seed, so the same initial weights),
@@ -33,6 +34,8 @@ WORKLOADS = {  # the peers' settings (scripts/compare_peers.py) and the DQN Cart
     "td3": dict(algo="td3", env="Pendulum-v1", batch_size=256, hidden_sizes=(256, 256), policy_delay=2),
     "ddpg": dict(algo="ddpg", env="Pendulum-v1", batch_size=256, hidden_sizes=(256, 256)),
     "dqn": dict(algo="dqn", env="CartPole-v1", batch_size=128, hidden_sizes=(256, 256)),
+    # the actor and α every update (policy delay 1, as the peers); bf16 on the hand-written update only
+    "sac": dict(algo="sac", env="Pendulum-v1", batch_size=256, hidden_sizes=(256, 256), policy_delay=1),
 }
 
 
@@ -66,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(threads)
         for algo in args.algos:
             for gradients in args.gradients:
+                if algo == "sac" and gradients == "autograd":
+                    print(f"{threads:>7} {algo:>5} {gradients:>9} (SAC's autograd update has no bf16 path)")
+                    continue
                 agents = {}
                 for precision in PRECISIONS:
                     agent, spec, cfg = build(algo, precision, gradients)

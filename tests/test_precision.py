@@ -269,3 +269,93 @@ def test_bf16_pendulum_preset_reaches_minus_200(algo, seed, tmp_path):
     summary = train(cfg, spec, device, 0.0)
     assert summary["env_steps"] == 20_000
     assert summary["final_eval_return_mean"] >= -200, summary
+
+
+# --- SAC: bf16 on the hand-written update ---
+
+
+def _sac(precision, gradients="manual", **settings):
+    cfg = resolve({"algo": "sac", "env": "Pendulum-v1", "precision": precision, "gradients": gradients,
+                   "hidden_sizes": (64, 64), "batch_size": 128, "max_grad_norm": 0.0, **settings})
+    torch.manual_seed(0)
+    return ALGORITHMS["sac"].build(lookup_spec(cfg.env), cfg, CPU, False)
+
+
+def _sac_nets(agent):
+    return [agent.actor.net, agent.critic, agent.critic_target]
+
+
+def test_sac_bf16_gradients_are_close_to_fp32():
+    """One SAC update (critic, actor and α steps) from the same weights, batch and noise: the bf16
+    gradients point the fp32 ones' way and have their size; the metrics agree to bf16's resolution;
+    and they differ bit for bit (bf16 products were used)."""
+    fp32, bf16 = _sac("fp32"), _sac("bf16")
+    batch = _batch("td3", seed=0)
+    out32, out16 = fp32.update(batch), bf16.update(batch)
+    for opt32, opt16, name in ((fp32.critic_opt, bf16.critic_opt, "critic"), (fp32.actor_opt, bf16.actor_opt, "actor"),
+                               (fp32.temperature.opt, bf16.temperature.opt, "log alpha")):
+        g32, g16 = opt32.grads[0], opt16.grads[0]
+        assert g16.dtype == torch.float32 and g16.shape == g32.shape
+        assert float(F.cosine_similarity(g16, g32, dim=0)) > 0.99, name
+        assert float(g16.norm() / g32.norm()) == pytest.approx(1.0, abs=0.05), name
+        if name != "log alpha":  # log π is formed from the fp32 output layer: its mean may round alike
+            assert not torch.equal(g16, g32), name
+    assert out16.keys() == out32.keys() and {"alpha_loss", "entropy", "actor_loss"} <= out16.keys()
+    for name in out32:
+        assert out16[name].dtype == torch.float32, name
+        torch.testing.assert_close(out16[name], out32[name], rtol=0.02, atol=2e-3, msg=name)
+
+
+def test_sac_handwritten_bf16_update_equals_autograd_under_autocast(monkeypatch):
+    """SAC's hand-written bf16 update is the same function as its autograd update with every
+    forward run under torch.autocast through `StackedMLP.forward` (bf16 in the same layers, fp32
+    output and narrow-input layers; the gradients taken outside autocast, as `fastrl.learner` says):
+    over updates with clipping on and the actor every other one, the gradients, metrics and weights
+    agree far closer than bf16 and fp32 do."""
+    import fastrl.sac as sac
+
+    def autocast_forward(net, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+            return StackedMLP.forward(net, x)
+
+    hand = _sac("bf16", "manual", max_grad_norm=0.5, policy_delay=2)
+    fp32 = _sac("fp32", "manual", max_grad_norm=0.5, policy_delay=2)
+    monkeypatch.setattr(sac, "autograd_forward", autocast_forward)  # batch-major: autocast applies
+    auto = _sac("fp32", "autograd", max_grad_norm=0.5, policy_delay=2)
+    target = auto.critic_target  # called as a module by the soft target
+    monkeypatch.setattr(target, "forward", lambda x: autocast_forward(target, x))
+    for step in range(4):
+        batch = _batch("td3", seed=step)
+        out_hand, out_auto, out_fp32 = hand.update(batch), auto.update(batch), fp32.update(batch)
+        for name in out_hand:
+            torch.testing.assert_close(out_hand[name], out_auto[name], rtol=1e-4, atol=1e-5, msg=name)
+        stepped = [(hand.critic_opt, auto.critic_opt, fp32.critic_opt)]
+        if step % 2 == 1:  # an actor update
+            stepped.append((hand.actor_opt, auto.actor_opt, fp32.actor_opt))
+        for opt_h, opt_a, opt_f in stepped:
+            g_h, g_a, g_f = opt_h.grads[0], opt_a.grads[0], opt_f.grads[0]
+            gap_auto, gap_fp32 = float((g_h - g_a).norm() / g_a.norm()), float((g_h - g_f).norm() / g_f.norm())
+            assert gap_auto < gap_fp32 / 10, (step, gap_auto, gap_fp32)
+    for a, b in zip([*hand.actor.parameters(), *hand.critic.parameters(), *hand.critic_target.parameters()],
+                    [*auto.actor.parameters(), *auto.critic.parameters(), *auto.critic_target.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_sac_bf16_master_weights_stay_fp32_and_copies_follow_every_change():
+    """After each update (critic, actor and target steps), the bf16 copies of every net's
+    low-precision layers equal its current fp32 masters cast, and everything else stays fp32."""
+    agent = _sac("bf16", policy_delay=2)
+    for step in range(4):
+        metrics = agent.update(_batch("td3", seed=step))
+        assert all(v.dtype == torch.float32 for v in metrics.values())
+        for net in _sac_nets(agent):
+            assert net.low_precision_layers == (1,)
+            weights, biases = net.compute_layers()
+            for i in net.low_precision_layers:
+                assert weights[i].dtype == torch.bfloat16
+                assert torch.equal(weights[i], net.weights[i].detach().to(torch.bfloat16))
+                assert torch.equal(biases[i], net.biases[i].detach().to(torch.bfloat16))
+    for opt in (agent.critic_opt, agent.actor_opt, agent.temperature.opt):
+        for t in (opt.params[0], opt.grads[0], opt.exp_avg[0], opt.exp_avg_sq[0]):
+            assert t.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for net in _sac_nets(agent) for p in net.parameters())

@@ -57,10 +57,10 @@ def test_allreduce_cost_prints_a_row_per_workload_and_rank_count():
 
 
 def test_precision_bench_prints_both_precisions_and_their_ratio():
-    out = run_script("scripts/precision_bench.py", "--threads", "1", "--algos", "ddpg", "dqn", "--updates", "3",
+    out = run_script("scripts/precision_bench.py", "--threads", "1", "--algos", "ddpg", "dqn", "sac", "--updates", "3",
                      "--repeats", "1")
-    rows = [line.split() for line in out.splitlines() if re.match(r"^\s+1\s+(ddpg|dqn)\s", line)]
-    assert [r[1] for r in rows] == ["ddpg", "dqn"]
+    rows = [line.split() for line in out.splitlines() if re.match(r"^\s+1\s+(ddpg|dqn|sac)\s", line)]
+    assert [r[1] for r in rows] == ["ddpg", "dqn", "sac"]
     for row in rows:
         assert row[2] == "manual" and float(row[3]) > 0 and float(row[4]) > 0 and row[5].endswith("x")
 
