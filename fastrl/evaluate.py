@@ -35,7 +35,16 @@ def evaluate_policy(policy: Callable[[torch.Tensor], torch.Tensor], envs: TorchV
     """Returns of `episodes` complete episodes. Each env contributes the same number of episodes,
     its first ones, so short episodes are not over-represented (as they would be if we kept
     whichever finished first)."""
-    quota = math.ceil(episodes / envs.num_envs)
+    return evaluate_groups(policy, envs, episodes, 1)[0]
+
+
+@torch.no_grad()
+def evaluate_groups(policy: Callable[[torch.Tensor], torch.Tensor], envs: TorchVecEnv, episodes: int,
+                    groups: int) -> list[list[float]]:
+    """`evaluate_policy` for `groups` policies side by side (stacked members): group g plays envs
+    [g m, (g + 1) m) of the m = num_envs / groups each, and gets `episodes` returns of its own."""
+    per_group = envs.num_envs // groups
+    quota = math.ceil(episodes / per_group)
     per_env: list[list[float]] = [[] for _ in range(envs.num_envs)]
     obs = envs.reset()
     envs.pop_finished_episodes()
@@ -45,8 +54,8 @@ def evaluate_policy(policy: Callable[[torch.Tensor], torch.Tensor], envs: TorchV
             if len(per_env[env_index]) < quota:
                 per_env[env_index].append(ret)
     # Round-robin over envs so that trimming to `episodes` keeps the counts balanced.
-    ordered = [per_env[e][k] for k in range(quota) for e in range(envs.num_envs)]
-    return ordered[:episodes]
+    envs_of = [range(g * per_group, (g + 1) * per_group) for g in range(groups)]
+    return [[per_env[e][k] for k in range(quota) for e in group][:episodes] for group in envs_of]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -122,6 +122,21 @@ def clip_grad_norm_(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     return norm
 
 
+def clip_grad_norm_members_(grads: list[torch.Tensor], max_norm: torch.Tensor) -> torch.Tensor:
+    """`clip_grad_norm_` for stacked members: every tensor of `grads` is [E, ...], member e's part
+    of it `[e]`. Each member's norm is over its own parts only, and each member's parts are scaled
+    by its own factor (`max_norm` [E]; 0 = no clip for that member). Returns the norms [E].
+    Branch-free: a NaN in one member's gradient stays in that member's parts."""
+    members = max_norm.shape[0]
+    squares = torch.stack([g.reshape(members, -1).pow(2).sum(1) for g in grads]).sum(0)
+    norm = squares.sqrt_()
+    scale = torch.clamp_max_(torch.reciprocal(norm + 1e-6).mul_(max_norm), 1.0)
+    scale = torch.where(max_norm > 0, scale, torch.ones_like(scale))
+    for g in grads:
+        g.mul_(scale.view(members, *(1,) * (g.dim() - 1)))
+    return norm
+
+
 # Chosen once: the fused kernel (private, `torch._fused_adam_`) where torch has it; otherwise the
 # public torch.optim.Adam over the same tensors and state (slower, the same math).
 HAS_FUSED_ADAM = hasattr(torch, "_fused_adam_")
@@ -133,7 +148,11 @@ class FusedAdam:
     `torch._fused_adam_` the step is `torch.optim.Adam`'s, over the same tensors and state."""
 
     def __init__(self, params: list[torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, grads: list[torch.Tensor] | None = None, lr_on_device: bool = False):
+                 eps: float = 1e-8, grads: list[torch.Tensor] | None = None, lr_on_device: bool = False,
+                 lr_scale: list[torch.Tensor] | None = None):
+        """`lr_scale`: a per-element factor of the lr, one tensor per parameter (stacked members with
+        their own lrs: each member's elements hold its lr, and `lr` is the schedule's factor). The
+        step is then Adam's formula in torch ops, since the fused kernel takes one lr."""
         if grads is None and any(p.grad is None for p in params):
             raise ValueError("FusedAdam needs every parameter's .grad preallocated (or grads=)")
         # With lr_on_device the kernel reads lr from a device tensor that setting `lr` overwrites:
@@ -151,7 +170,10 @@ class FusedAdam:
         # wants it. All parameters step together, so they share one count.
         self.step_count = torch.zeros((), dtype=torch.float32, device=self.params[0].device)
         self._steps = [self.step_count] * len(self.params)
-        self._public = None if HAS_FUSED_ADAM else self._public_adam(lr_on_device)
+        self.lr_scale = lr_scale
+        if lr_scale is not None and lr_on_device:
+            raise ValueError("FusedAdam: lr_scale and lr_on_device cannot be combined")
+        self._public = None if HAS_FUSED_ADAM or lr_scale is not None else self._public_adam(lr_on_device)
 
     def _public_adam(self, capturable: bool) -> torch.optim.Adam:
         """torch.optim.Adam stepping `params` with `grads` into `exp_avg`/`exp_avg_sq`. It counts
@@ -178,6 +200,9 @@ class FusedAdam:
     @torch.compiler.disable  # an in-place multi-tensor kernel: run it eagerly, as torch.optim does
     def step(self) -> None:
         self.step_count.add_(1.0)  # the kernel reads the count of the step it is taking
+        if self.lr_scale is not None:
+            self._scaled_step()
+            return
         if self._public is not None:
             if self._lr_tensor is None:
                 self._public.param_groups[0]["lr"] = self._lr
@@ -187,6 +212,19 @@ class FusedAdam:
         torch._fused_adam_(self.params, self.grads, self.exp_avg, self.exp_avg_sq, [], self._steps, lr=lr,
                            beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0, eps=self.eps,
                            amsgrad=False, maximize=False)
+
+    def _scaled_step(self) -> None:
+        """Adam as torch.optim.Adam computes it, with the lr of each element `lr * lr_scale`."""
+        beta1, beta2 = self.betas
+        step = self.step_count
+        bias1 = 1.0 - torch.pow(beta1, step)
+        bias2_sqrt = (1.0 - torch.pow(beta2, step)).sqrt_()
+        for p, g, m, v, scale in zip(self.params, self.grads, self.exp_avg, self.exp_avg_sq, self.lr_scale):
+            m.lerp_(g, 1.0 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+            denom = (v.sqrt() / bias2_sqrt).add_(self.eps)
+            # bias1 stays a device scalar: no host sync for the step count
+            p.sub_(torch.mul(m, scale).mul_(self._lr).div_(bias1).div_(denom))
 
     def state_dict(self) -> dict:
         return {"lr": self.lr, "step_count": self.step_count, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
