@@ -45,10 +45,17 @@ def seeded_members(configs: list[TrainConfig], in_dim: int, hidden_sizes: tuple[
     return net
 
 
-def per_member_column(values: list[float], like: torch.Tensor) -> torch.Tensor:
-    """`values` [E] broadcast over the [E, ...] tensor `like`, materialised."""
-    column = torch.tensor(values, dtype=like.dtype, device=like.device)
-    return column.view(-1, *(1,) * (like.dim() - 1)).expand_as(like).contiguous()
+def lr_groups(lrs: list[float], net: StackedMLP) -> list[tuple[float, list[tuple[int, int]]]]:
+    """FusedAdam's lr groups for members with their own lrs: per distinct lr (as a factor of the
+    first member's), the ranges of the flat parameter (`flatten_parameters_` order) its members own."""
+    ranges: dict[float, list[tuple[int, int]]] = {}
+    offset, members = 0, len(lrs)
+    for p in net.parameters():
+        each = p[0].numel()
+        for e, lr in enumerate(lrs):
+            ranges.setdefault(lr, []).append((offset + e * each, offset + (e + 1) * each))
+        offset += members * each
+    return [(lr / lrs[0], spans) for lr, spans in ranges.items()]
 
 
 @dataclass
@@ -66,7 +73,6 @@ class StackedDQN:
     device: torch.device
     total_updates: int
     lrs: list[float]  # each member's base lr
-    lr_per_member: bool  # the optimizer's lr is the schedule's factor, times each member's lr
     updates_done: int = 0
 
     @property
@@ -116,8 +122,7 @@ class StackedDQN:
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One update of every member from `batch` ([E, B, ...]: member e's rows at [e])."""
-        factor = self.schedule_factor()
-        self.optimizer.lr = factor if self.lr_per_member else self.lrs[0] * factor
+        self.optimizer.lr = self.lrs[0] * self.schedule_factor()  # lr groups scale it per member
         metrics = self.update_fn(batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminated,
                                  batch.discount, batch.weights)
         self.updates_done += 1
@@ -125,7 +130,7 @@ class StackedDQN:
         return metrics
 
     def current_lr(self) -> list[float]:
-        factor = self.optimizer.lr if self.lr_per_member else self.optimizer.lr / self.lrs[0]
+        factor = self.optimizer.lr / self.lrs[0]
         return [lr * factor for lr in self.lrs]
 
     def weights_of(self, members: list[int]) -> dict[str, list[torch.Tensor]]:
@@ -157,11 +162,9 @@ def build_dqn_members(spec: EnvSpec, cfg: TrainConfig, members: list[TrainConfig
     q_target = copy.deepcopy(q).requires_grad_(False)
     flat, flat_grad = flatten_parameters_(q)
     lrs = [c.lr for c in members]
-    lr_per_member = len(set(lrs)) > 1
-    # One lr for all: the fused kernel; else each element's lr is its member's (times the schedule).
-    lr_scale = [torch.cat([per_member_column(lrs, p.detach()).reshape(-1) for p in q.parameters()])] \
-        if lr_per_member else None
-    optimizer = FusedAdam([flat], lr=lrs[0], grads=[flat_grad], lr_scale=lr_scale)
+    # One lr for all: one fused step; else one per distinct lr, over its members' parts.
+    groups = lr_groups(lrs, q) if len(set(lrs)) > 1 else None
+    optimizer = FusedAdam([flat], lr=lrs[0], grads=[flat_grad], lr_groups=groups)
     gamma = torch.tensor([c.gamma for c in members], device=device).unsqueeze(1)
     max_norm = torch.tensor([c.max_grad_norm for c in members], device=device)
     update_fn = make_manual_update(q, q_target, optimizer, gamma, cfg.double_dqn, cfg.loss, max_norm)
@@ -177,4 +180,4 @@ def build_dqn_members(spec: EnvSpec, cfg: TrainConfig, members: list[TrainConfig
         return made
 
     return StackedDQN(spec, cfg, members, q, q_target, optimizer, targets, update_fn, generators(1), generators(2),
-                      device, planned_updates(cfg), lrs, lr_per_member)
+                      device, planned_updates(cfg), lrs)

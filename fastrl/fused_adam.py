@@ -128,8 +128,8 @@ def clip_grad_norm_members_(grads: list[torch.Tensor], max_norm: torch.Tensor) -
     by its own factor (`max_norm` [E]; 0 = no clip for that member). Returns the norms [E].
     Branch-free: a NaN in one member's gradient stays in that member's parts."""
     members = max_norm.shape[0]
-    squares = torch.stack([g.reshape(members, -1).pow(2).sum(1) for g in grads]).sum(0)
-    norm = squares.sqrt_()
+    per_tensor = torch.stack([torch.linalg.vector_norm(g.reshape(members, -1), dim=1) for g in grads])
+    norm = torch.linalg.vector_norm(per_tensor, dim=0)  # (no squared temporaries)
     scale = torch.clamp_max_(torch.reciprocal(norm + 1e-6).mul_(max_norm), 1.0)
     scale = torch.where(max_norm > 0, scale, torch.ones_like(scale))
     for g in grads:
@@ -149,10 +149,11 @@ class FusedAdam:
 
     def __init__(self, params: list[torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, grads: list[torch.Tensor] | None = None, lr_on_device: bool = False,
-                 lr_scale: list[torch.Tensor] | None = None):
-        """`lr_scale`: a per-element factor of the lr, one tensor per parameter (stacked members with
-        their own lrs: each member's elements hold its lr, and `lr` is the schedule's factor). The
-        step is then Adam's formula in torch ops, since the fused kernel takes one lr."""
+                 lr_groups: list[tuple[float, list[tuple[int, int]]]] | None = None):
+        """`lr_groups` (stacked members with their own lrs; one flat parameter): (factor, element
+        ranges [start, stop) of the flat parameter) per distinct lr; the elements of a group step
+        with lr `lr * factor`. The fused kernel takes one lr, so it runs once per group, over
+        views of those ranges (a member's part of a layer is one contiguous range)."""
         if grads is None and any(p.grad is None for p in params):
             raise ValueError("FusedAdam needs every parameter's .grad preallocated (or grads=)")
         # With lr_on_device the kernel reads lr from a device tensor that setting `lr` overwrites:
@@ -170,10 +171,14 @@ class FusedAdam:
         # wants it. All parameters step together, so they share one count.
         self.step_count = torch.zeros((), dtype=torch.float32, device=self.params[0].device)
         self._steps = [self.step_count] * len(self.params)
-        self.lr_scale = lr_scale
-        if lr_scale is not None and lr_on_device:
-            raise ValueError("FusedAdam: lr_scale and lr_on_device cannot be combined")
-        self._public = None if HAS_FUSED_ADAM or lr_scale is not None else self._public_adam(lr_on_device)
+        self._groups = None
+        if lr_groups is not None:
+            if lr_on_device or len(self.params) != 1:
+                raise ValueError("FusedAdam: lr_groups need one flat parameter and a host lr")
+            self._groups = [(factor, *([t.narrow(0, a, b - a) for a, b in ranges]
+                                       for t in (self.params[0], self.grads[0], self.exp_avg[0], self.exp_avg_sq[0])))
+                            for factor, ranges in lr_groups]
+        self._public = None if HAS_FUSED_ADAM or self._groups is not None else self._public_adam(lr_on_device)
 
     def _public_adam(self, capturable: bool) -> torch.optim.Adam:
         """torch.optim.Adam stepping `params` with `grads` into `exp_avg`/`exp_avg_sq`. It counts
@@ -200,8 +205,9 @@ class FusedAdam:
     @torch.compiler.disable  # an in-place multi-tensor kernel: run it eagerly, as torch.optim does
     def step(self) -> None:
         self.step_count.add_(1.0)  # the kernel reads the count of the step it is taking
-        if self.lr_scale is not None:
-            self._scaled_step()
+        if self._groups is not None:
+            for factor, params, grads, exp_avg, exp_avg_sq in self._groups:
+                self._adam(params, grads, exp_avg, exp_avg_sq, self._lr * factor)
             return
         if self._public is not None:
             if self._lr_tensor is None:
@@ -213,18 +219,22 @@ class FusedAdam:
                            beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0, eps=self.eps,
                            amsgrad=False, maximize=False)
 
-    def _scaled_step(self) -> None:
-        """Adam as torch.optim.Adam computes it, with the lr of each element `lr * lr_scale`."""
+    def _adam(self, params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
+              exp_avg_sq: list[torch.Tensor], lr: float) -> None:
+        """One Adam step of a group's views: the fused kernel, or without it Adam's formula as
+        torch.optim.Adam writes it."""
+        if HAS_FUSED_ADAM:
+            torch._fused_adam_(params, grads, exp_avg, exp_avg_sq, [], [self.step_count] * len(params), lr=lr,
+                               beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0, eps=self.eps,
+                               amsgrad=False, maximize=False)
+            return
         beta1, beta2 = self.betas
-        step = self.step_count
-        bias1 = 1.0 - torch.pow(beta1, step)
-        bias2_sqrt = (1.0 - torch.pow(beta2, step)).sqrt_()
-        for p, g, m, v, scale in zip(self.params, self.grads, self.exp_avg, self.exp_avg_sq, self.lr_scale):
+        bias1 = 1.0 - torch.pow(beta1, self.step_count)
+        bias2_sqrt = (1.0 - torch.pow(beta2, self.step_count)).sqrt_()
+        for p, g, m, v in zip(params, grads, exp_avg, exp_avg_sq):
             m.lerp_(g, 1.0 - beta1)
             v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-            denom = (v.sqrt() / bias2_sqrt).add_(self.eps)
-            # bias1 stays a device scalar: no host sync for the step count
-            p.sub_(torch.mul(m, scale).mul_(self._lr).div_(bias1).div_(denom))
+            p.sub_(m.mul(lr).div_(bias1).div_((v.sqrt() / bias2_sqrt).add_(self.eps)))
 
     def state_dict(self) -> dict:
         return {"lr": self.lr, "step_count": self.step_count, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}

@@ -91,9 +91,10 @@ class RunLog:
         self._writer().writerow({k: _fmt(v) for k, v in row.items()})
         self._file.flush()
         if self._tb is not None:
+            prefix = f"member{row['member']}/" if "member" in row else ""  # a stacked run: a row per member
             for key, value in row.items():
                 if key != "env_step" and isinstance(value, (int, float)) and math.isfinite(value):
-                    self._tb.add_scalar(key, value, row["env_step"])
+                    self._tb.add_scalar(prefix + key, value, row["env_step"])
 
     def close(self) -> None:
         self._file.close()

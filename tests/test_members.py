@@ -12,7 +12,9 @@ import torch
 import fastrl.train as train_mod
 from fastrl.buffer import Batch, ReplayBuffer
 from fastrl.checkpoint import load_checkpoint
-from fastrl.config import resolve
+from fastrl.config import ConfigError, resolve
+from fastrl.evaluate import main as evaluate_main
+from fastrl.policy import load_policy
 from fastrl.dqn import build_dqn
 from fastrl.dqn_members import build_dqn_members
 from fastrl.envs import lookup_spec
@@ -171,7 +173,7 @@ def tiny_run(run_dir, *extra):
             *extra]
 
 
-def test_a_num_seeds_run_writes_every_member(tmp_path):
+def test_a_num_seeds_run_writes_every_member(tmp_path, capsys):
     run = tmp_path / "run"
     assert train_mod.main(tiny_run(run, "--num-seeds", "3")) == 0
     summary = json.loads((run / "summary.json").read_text())
@@ -183,6 +185,17 @@ def test_a_num_seeds_run_writes_every_member(tmp_path):
     rows = read_metrics(run)
     assert sorted({r["member"] for r in rows}) == ["0", "1", "2"] and len(rows) == 2 * 3
     assert (run / "learning_curve.png").exists()
+
+    # Each member is its own policy: member 1 acts as its own single agent, and evaluates alone.
+    with pytest.raises(ConfigError, match="this run trained 3 members"):
+        load_policy(run)
+    policy = load_policy(run, member=1)
+    stacked = load_checkpoint(run / "checkpoint.pt")["agent"]["q"]["weights.0"]
+    assert policy.config.seed == 2 and torch.equal(next(policy.agent.q.parameters())[0], stacked[1])
+    assert evaluate_main([str(run), "--member", "1", "--episodes", "2", "--no-video"]) == 0
+    assert "member 1 (seed 2)" in capsys.readouterr().out
+    assert evaluate_main([str(run), "--episodes", "2", "--no-video"]) == 0
+    assert capsys.readouterr().out.count("member ") == 3
 
 
 def test_a_sweep_forms_a_grid_of_settings_times_seeds(tmp_path):
@@ -263,3 +276,24 @@ def test_bad_member_settings_are_one_line_errors(extra, hint, tmp_path, capsys):
     assert train_mod.main(tiny_run(tmp_path / "run", *extra)) == 2
     err = capsys.readouterr().err.strip()
     assert hint in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-kernel", "public-fallback"])
+def test_lr_groups_step_each_range_with_its_own_lr(fused, monkeypatch):
+    import fastrl.fused_adam as fa
+
+    monkeypatch.setattr(fa, "HAS_FUSED_ADAM", fused and fa.HAS_FUSED_ADAM)
+    g = torch.Generator().manual_seed(0)
+    start, grads = torch.randn(10, generator=g), [torch.randn(10, generator=g) for _ in range(3)]
+    p, grad = start.clone(), torch.zeros(10)
+    grouped = fa.FusedAdam([p], lr=1e-2, grads=[grad], lr_groups=[(1.0, [(0, 3), (6, 10)]), (3.0, [(3, 6)])])
+    ref = start.clone().requires_grad_(True)
+    adam = torch.optim.Adam([ref], lr=1e-2)
+    for step_grad in grads:
+        grad.copy_(step_grad)
+        grouped.step()
+        ref.grad = step_grad.clone()
+        adam.step()
+    moved, expected = p - start, (ref.detach() - start)
+    assert torch.allclose(moved[[0, 1, 2, 6, 7, 8, 9]], expected[[0, 1, 2, 6, 7, 8, 9]], rtol=1e-5, atol=1e-7)
+    assert torch.allclose(moved[3:6], 3.0 * expected[3:6], rtol=1e-4, atol=1e-7)
