@@ -493,8 +493,8 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
         "checkpoint_env_step": saved_at, "resumed_from_env_step": start.env_step if resume is not None else None,
         "run_dir": str(run_dir),
     }
-    if book is not None:
-        summary.update(book.summary())
+    if book is not None:  # counts are per member; so is "sps"
+        summary.update(book.summary(), sps_all_members=summary["sps"] * width)
     if failure is not None:
         summary["exit_code"] = FAILURES[type(failure)][0]
     if world.is_main:

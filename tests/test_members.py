@@ -181,6 +181,7 @@ def test_a_num_seeds_run_writes_every_member(tmp_path, capsys):
     assert all(len(m["final_eval_returns"]) == 2 for m in summary["members"])
     finals = [m["final_eval_return_mean"] for m in summary["members"]]
     assert summary["final_eval_return_mean"] == pytest.approx(np.mean(finals))
+    assert summary["env_steps"] == 1200 and summary["sps_all_members"] == pytest.approx(3 * summary["sps"])
     assert summary["grid"][0]["seeds"] == [1, 2, 3] and summary["grid"][0]["final_eval_return_mean"]["n"] == 3
     rows = read_metrics(run)
     assert sorted({r["member"] for r in rows}) == ["0", "1", "2"] and len(rows) == 2 * 3
