@@ -5,6 +5,10 @@ checkpoint, and stop early if a signal (or the Python API's callback) asked for 
 From Python this module is also the function `fastrl.train(config, ...)` (see `fastrl.api`): a
 package cannot hold a function and a submodule under one name, so the module is callable.
 
+With `--num-seeds N` / `--sweep NAME=V1,V2,...` the same loop drives many independent agents
+as one stacked computation (`fastrl.members`): one vector env holds every member's envs, the
+counts (env steps, updates) are per member, and logging, evaluation and checkpoints are per member.
+
 `torchrun --nproc-per-node N -m fastrl.train` runs the same loop on N ranks, data-parallel
 (`fastrl.distributed` says what is per rank and what counts the whole run). Its hooks in
 `train()` are the `distributed.*` calls; in a plain run none of them communicates.
@@ -316,8 +320,8 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
     width = len(members) if members else 1  # agents side by side
     use_compile = members is None and (cfg.compile if cfg.compile is not None else device.type == "cuda")
     if cfg.threads or device.type == "cpu":
-        # Members keep the single agent's choice: two threads beside other processes on the 2-core
-        # machine made a 3-member CartPole run 12x slower than one thread.
+        # Members keep the single agent's thread choice, not one for their N-times larger batch:
+        # two OpenMP threads beside other processes on a 2-core machine stall each other.
         torch.set_num_threads(cfg.threads or auto_threads(mine.batch_size, cfg.hidden_sizes, TORCH_DEFAULT_THREADS))
     torch.manual_seed(seed)
     np.random.seed(seed)
