@@ -105,10 +105,14 @@ def test_exploration_comes_from_each_members_own_generator():
     assert torch.equal(acted[n:2 * n], alone[1].act(obs[n:2 * n], 0))
 
 
-def test_replay_draws_come_from_each_members_own_buffer_and_generator():
+@pytest.mark.parametrize("options,beta", [({}, None), ({"n_step": 3}, None), ({"prioritized": True}, 0.5)],
+                         ids=["uniform", "n-step", "prioritized"])
+def test_replay_draws_come_from_each_members_own_buffer_and_generator(options, beta):
     members, n = 3, 2
-    def buffers():
-        return [ReplayBuffer(200, n, (4,), torch.float32, (), torch.int64, seed=seed) for seed in (1, 2, 3)]
+
+    def buffers():  # each member its own discount too (n-step returns are made at sample time)
+        return [ReplayBuffer(200, n, (4,), torch.float32, (), torch.int64, seed=seed, gamma=gamma, **options)
+                for seed, gamma in ((1, 0.9), (2, 0.95), (3, 0.99))]
     stacked, alone = MemberReplay(buffers()), buffers()
     g = torch.Generator().manual_seed(0)
     for _ in range(30):
@@ -119,12 +123,17 @@ def test_replay_draws_come_from_each_members_own_buffer_and_generator():
         for e, b in enumerate(alone):
             rows = slice(e * n, (e + 1) * n)
             b.add(obs[rows], actions[rows], rewards[rows], terminated[rows], valid[rows])
-    drawn = stacked.sample_batches(4, 8)
-    own = [b.sample_batches(4, 8) for b in alone]
+    drawn = stacked.sample_batches(4, 8, beta)
+    own = [b.sample_batches(4, 8, beta) for b in alone]
     for k, batch in enumerate(drawn):
         assert batch.obs.shape == (members, 8, 4)
         for e in range(members):
-            assert torch.equal(batch.obs[e], own[e][k].obs) and torch.equal(batch.rewards[e], own[e][k].rewards)
+            mine, its = batch[e], own[e][k]
+            for a, b in zip(mine._fields(), its._fields()):
+                assert (a is None and b is None) or torch.equal(a, b)
+    if beta is not None:  # priorities go back to each member's own tree
+        stacked.update_priorities(drawn[0].indices, torch.full((members, 8), 5.0))
+        assert all((b.priorities(drawn[0].indices[e]) > 1).all() for e, b in enumerate(stacked.buffers))
 
 
 def test_nan_in_one_members_loss_leaves_the_others_untouched():
