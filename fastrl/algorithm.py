@@ -72,4 +72,7 @@ class Algorithm:
     check_spec: Callable[[Any, Any], None] | None = None
     # Notes for --help on how its settings are counted (e.g. what --target-period counts).
     notes: str = ""
+    # Stacked members (`--num-seeds`, `--sweep`): (spec, cfg, member_cfgs, device) -> Agent whose
+    # batches and metrics carry a leading member axis; None where not available.
+    build_members: Callable[..., Agent] | None = None
 

@@ -26,6 +26,7 @@ from fastrl.registry import ALGORITHMS
 from fastrl.settings import (
     ConfigError, check_field, flag, in_range, non_negative, non_negative_int, positive, positive_int, setting,
 )
+from fastrl.sweeps import check_sweep_syntax, parse_sweep
 
 __all__ = ["ConfigError", "TrainConfig", "resolve", "validate", "validate_for_env", "load_config_file"]
 
@@ -125,10 +126,17 @@ class CommonSettings:
            "truncations) so that a resumed run continues exactly", check=non_negative_int)
     checkpoint_buffer: bool = setting(False, "include the replay buffer in checkpoints")
     progress: bool = setting(True, "progress bar on stderr")
+    num_seeds: int = setting(
+        1, "train this many fully independent agents (seeds --seed, --seed + 1, ...) in one process, as one "
+           "stacked computation; with --sweep, this many seeds per grid point", check=positive_int)
+    sweep: tuple[str, ...] = setting(
+        (), "NAME=V1,V2,...: train one member per value of a per-member setting (repeatable: the sweeps form a "
+            "grid; see fastrl.sweeps.SWEEPABLE)", check=check_sweep_syntax)
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["hidden_sizes"] = list(self.hidden_sizes)
+        out["sweep"] = list(self.sweep)
         return out
 
     @property
@@ -224,8 +232,9 @@ def resolve(overrides: dict[str, Any], notes: list[str] | None = None) -> TrainC
     # fitted like defaults.
     preset_chosen = set(preset) if "total_steps" not in overrides or "total_steps" not in preset else set()
     fit_to_run_length(values, preset_chosen | set(overrides), notes)
-    if isinstance(values["hidden_sizes"], list):
-        values["hidden_sizes"] = tuple(values["hidden_sizes"])
+    for name in ("hidden_sizes", "sweep"):
+        if isinstance(values[name], list):
+            values[name] = tuple(values[name])
     return TrainConfig(**values)
 
 
@@ -264,7 +273,10 @@ def check_type(name: str, value: Any, where: str = "") -> None:
     is_int = isinstance(value, int) and not isinstance(value, bool)
     if value is None and "None" in hint:
         return
-    if hint.startswith("tuple"):
+    if hint.startswith("tuple[str"):
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        kind = "a list of strings"
+    elif hint.startswith("tuple"):
         ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
         kind = "a list of integers"
     elif hint.startswith("float"):
@@ -295,9 +307,48 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.checkpoint_every and cfg.checkpoint_every < cfg.num_envs:
         raise ConfigError(f"--checkpoint-every: must be 0 (end only) or at least --num-envs {cfg.num_envs} "
                           f"(one vector step), got {cfg.checkpoint_every}")
+    sweep_grid(cfg)  # each swept value passes its setting's own check
     algo = ALGORITHMS[cfg.algo]
     if algo.validate is not None:
         algo.validate(cfg)
+
+
+def sweep_grid(cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The grid points of `cfg.sweep`: one dict of swept settings per point, the first sweep
+    varying slowest; [{}] without sweeps. Each value is converted to its setting's type and passes
+    that setting's check (and, for an algorithm-specific one, `cfg.algo` must read it)."""
+    axes = []
+    for text in cfg.sweep:
+        name, raw_values = parse_sweep(text)
+        if name in [n for n, _ in axes]:
+            raise ConfigError(f"--sweep: {name} is swept twice; give all its values in one --sweep {name}=V1,V2,...")
+        if name not in COMMON_NAMES and name not in ALGORITHMS[cfg.algo].reads:
+            raise ConfigError(f"--sweep: {name} is not a setting of --algo {cfg.algo}")
+        values = [sweep_value(name, raw) for raw in raw_values]
+        for value in values:
+            try:
+                check_field(FIELDS[name], value)
+            except ConfigError as exc:
+                raise ConfigError(f"--sweep: {name}={value}: {str(exc).split(': ', 1)[1]}") from None
+        axes.append((name, values))
+    points: list[dict[str, Any]] = [{}]
+    for name, values in axes:
+        points = [{**point, name: value} for point in points for value in values]
+    return points
+
+
+def sweep_value(name: str, raw: str) -> Any:
+    """A swept value as its setting's type (the flag's own parsing)."""
+    hint = str(FIELDS[name].type)
+    try:
+        if hint.startswith("int"):
+            return int(raw)
+        if hint.startswith("float"):
+            return float(raw)
+    except ValueError:
+        kind = "an integer" if hint.startswith("int") else "a number"
+        raise ConfigError(f"--sweep: {name} values must each be {kind}, got {raw!r}") from None
+    return raw
 
 
 def validate_for_env(cfg: TrainConfig, discrete: bool) -> None:
@@ -322,7 +373,8 @@ def config_from_checkpoint(settings: dict[str, Any], flag_name: str) -> TrainCon
     if settings.get("algo") not in ALGORITHMS:
         raise ConfigError(f"{flag_name}: algorithm {settings.get('algo')!r} of this run is not available in this "
                           f"fastrl (available: {', '.join(ALGORITHMS)})")
-    return TrainConfig(**{**settings, "hidden_sizes": tuple(settings["hidden_sizes"])})
+    return TrainConfig(**{**settings, "hidden_sizes": tuple(settings["hidden_sizes"]),
+                          "sweep": tuple(settings.get("sweep", ()))})
 
 
 def resolve_device(name: str) -> torch.device:

@@ -22,7 +22,7 @@ from torch import nn
 
 from fastrl.algorithm import Algorithm
 from fastrl.buffer import Batch
-from fastrl.fused_adam import FusedAdam, flatten_parameters_, rebuildable_views
+from fastrl.fused_adam import FusedAdam, clip_grad_norm_members_, flatten_parameters_, rebuildable_views
 from fastrl.learner import PRECISIONS, autocast, clip_and_step, grads_into_, scheduled_lr, wrap_update
 from fastrl.networks import NatureCNN
 from fastrl.schedules import linear, planned_updates
@@ -114,21 +114,26 @@ def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q_target: to
     return torch.addcmul(rewards, 1.0 - terminated, next_value, value=gamma)
 
 
-def td_loss(q_taken: torch.Tensor, target: torch.Tensor, kind: str, weights: torch.Tensor | None = None) -> torch.Tensor:
+def td_loss(q_taken: torch.Tensor, target: torch.Tensor, kind: str, weights: torch.Tensor | None = None,
+            per_member: bool = False) -> torch.Tensor:
     """Mean Huber (δ = 1) or squared TD error; with `weights` (prioritized replay's importance
-    weights), the weighted mean."""
+    weights), the weighted mean. `per_member`: inputs [E, B], one mean per member ([E])."""
     loss = F.smooth_l1_loss if kind == "huber" else F.mse_loss
-    if weights is None:
+    if weights is None and not per_member:
         return loss(q_taken, target)
-    return (weights * loss(q_taken, target, reduction="none")).mean()
+    each = loss(q_taken, target, reduction="none")
+    if weights is not None:
+        each = weights * each
+    return each.mean(-1) if per_member else each.mean()
 
 
 def td_loss_grad(q_taken: torch.Tensor, target: torch.Tensor, kind: str,
                  weights: torch.Tensor | None = None) -> torch.Tensor:
     """d td_loss / d q_taken: the mean's 1/B times the Huber (δ = 1) or squared-error slope (times
-    each sample's weight)."""
+    each sample's weight). Inputs [B], or [E, B] for stacked members (each member's own mean)."""
     error = q_taken - target
-    slope = error.clamp_(-1.0, 1.0).div_(error.shape[0]) if kind == "huber" else error.mul_(2.0 / error.shape[0])
+    size = error.shape[-1]
+    slope = error.clamp_(-1.0, 1.0).div_(size) if kind == "huber" else error.mul_(2.0 / size)
     return slope if weights is None else slope.mul_(weights)
 
 
@@ -177,34 +182,47 @@ def make_autograd_update(q: QNet, q_target: QNet, params: list[torch.Tensor], fl
     return update
 
 
-def make_manual_update(q: StackedMLP, q_target: StackedMLP, optimizer: FusedAdam, gamma: float,
-                       double: bool, loss_kind: str, max_grad_norm: float) -> UpdateFn:
+def make_manual_update(q: StackedMLP, q_target: StackedMLP, optimizer: FusedAdam, gamma: float | torch.Tensor,
+                       double: bool, loss_kind: str, max_grad_norm: float | torch.Tensor) -> UpdateFn:
     """`q_loss` for a one-member `StackedMLP` Q-net, with its backward written out: the loss's
     gradient reaches the net only through the taken action's Q, so the output gradient is the
-    one-hot of the action times d loss / d Q(s, a). Products in the nets' `compute_dtype`."""
+    one-hot of the action times d loss / d Q(s, a). Products in the nets' `compute_dtype`.
+
+    Stacked members (`max_grad_norm` a tensor [E], `gamma` [E, 1], `q` of E members): every batch
+    field has a leading member axis ([E, B, ...]); each member's loss is its own batch mean, so its
+    gradient is its own single-agent gradient, and the clip is per member. Metrics are [E]."""
+    stacked = isinstance(max_grad_norm, torch.Tensor)
     weight_grads = rebuildable_views([w.grad for w in q.weights])  # views of the flat gradient
     bias_grads = rebuildable_views([b.grad for b in q.biases])
     action_ids = torch.arange(q.out_dim, dtype=torch.float32, device=q.weights[0].device)
+    obs_from = 2 if stacked else 1  # where the observation dims start
 
     @torch.no_grad()
     def update(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
                terminated: torch.Tensor, discount: torch.Tensor | None = None,
                weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        next_q_target = q_target.infer(next_obs.flatten(1))[0]
-        next_q_online = q.infer(next_obs.flatten(1))[0] if double else None
+        next_q_target = q_target.infer(next_obs.flatten(obs_from))
+        next_q_online = q.infer(next_obs.flatten(obs_from)) if double else None
+        if not stacked:
+            next_q_target, next_q_online = next_q_target[0], next_q_online[0] if double else None
         target = td_target(rewards, terminated, next_q_target, next_q_online, gamma if discount is None else discount)
-        q_all, trace = q.forward_traced(obs.flatten(1))
+        q_all, trace = q.forward_traced(obs.flatten(obs_from))
         # One-hot of the taken action: its product with Q picks Q(s, a), and the same mask routes
         # the loss gradient back to that output alone (actions arrive as floats from the buffer).
         taken = (actions.unsqueeze(-1) == action_ids).to(q_all.dtype)
-        q_taken = (q_all[0] * taken).sum(-1)
-        loss = td_loss(q_taken, target, loss_kind, weights)
-        metrics = {"loss": loss, "mean_q": q_taken.mean()}
+        q_taken = (q_all * taken).sum(-1) if stacked else (q_all[0] * taken).sum(-1)
+        loss = td_loss(q_taken, target, loss_kind, weights, per_member=stacked)
+        metrics = {"loss": loss, "mean_q": q_taken.mean(-1) if stacked else q_taken.mean()}
         if weights is not None:
             metrics["td_abs"] = (q_taken - target).abs()
         d_q_taken = td_loss_grad(q_taken, target, loss_kind, weights)
-        backward(trace, (taken * d_q_taken.unsqueeze(-1)).unsqueeze(0), weight_grads(), bias_grads())
-        metrics["grad_norm"] = clip_and_step(optimizer, max_grad_norm)
+        grad_out = taken * d_q_taken.unsqueeze(-1)
+        backward(trace, grad_out if stacked else grad_out.unsqueeze(0), weight_grads(), bias_grads())
+        if stacked:
+            metrics["grad_norm"] = clip_grad_norm_members_(weight_grads() + bias_grads(), max_grad_norm)
+            optimizer.step()
+        else:
+            metrics["grad_norm"] = clip_and_step(optimizer, max_grad_norm)
         q.weights_changed()
         return metrics
 
@@ -343,8 +361,14 @@ def build_dqn(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compile
                eval_generator)
 
 
+def build_dqn_members(spec: EnvSpec, cfg: TrainConfig, members: list[TrainConfig], device: torch.device):
+    from fastrl.dqn_members import build_dqn_members as build  # it imports this module
+
+    return build(spec, cfg, members, device)
+
+
 ALGORITHMS = (
     Algorithm("dqn", discrete=True, build=build_dqn, section=DQNSettings, reads=tuple(DQNSettings.__dataclass_fields__),
               defaults=DEFAULTS, presets=PRESETS, check_spec=check_spec,
-              notes="--target-period counts gradient updates"),
+              notes="--target-period counts gradient updates", build_members=build_dqn_members),
 )

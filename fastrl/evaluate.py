@@ -35,7 +35,16 @@ def evaluate_policy(policy: Callable[[torch.Tensor], torch.Tensor], envs: TorchV
     """Returns of `episodes` complete episodes. Each env contributes the same number of episodes,
     its first ones, so short episodes are not over-represented (as they would be if we kept
     whichever finished first)."""
-    quota = math.ceil(episodes / envs.num_envs)
+    return evaluate_groups(policy, envs, episodes, 1)[0]
+
+
+@torch.no_grad()
+def evaluate_groups(policy: Callable[[torch.Tensor], torch.Tensor], envs: TorchVecEnv, episodes: int,
+                    groups: int) -> list[list[float]]:
+    """`evaluate_policy` for `groups` policies side by side (stacked members): group g plays envs
+    [g m, (g + 1) m) of the m = num_envs / groups each, and gets `episodes` returns of its own."""
+    per_group = envs.num_envs // groups
+    quota = math.ceil(episodes / per_group)
     per_env: list[list[float]] = [[] for _ in range(envs.num_envs)]
     obs = envs.reset()
     envs.pop_finished_episodes()
@@ -45,8 +54,8 @@ def evaluate_policy(policy: Callable[[torch.Tensor], torch.Tensor], envs: TorchV
             if len(per_env[env_index]) < quota:
                 per_env[env_index].append(ret)
     # Round-robin over envs so that trimming to `episodes` keeps the counts balanced.
-    ordered = [per_env[e][k] for k in range(quota) for e in range(envs.num_envs)]
-    return ordered[:episodes]
+    envs_of = [range(g * per_group, (g + 1) * per_group) for g in range(groups)]
+    return [[per_env[e][k] for k in range(quota) for e in group][:episodes] for group in envs_of]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -95,7 +104,8 @@ def record_gif(policy: Policy, env_id: str, path: Path, seed: int, max_frames: i
 
 def main(argv: list[str] | None = None) -> int:
     from fastrl.checkpoint import load_run_checkpoint, made_by_env_fn
-    from fastrl.config import ConfigError
+    from fastrl.config import ConfigError, config_from_checkpoint
+    from fastrl.members import plan_members
     from fastrl.policy import policy_from_checkpoint
 
     parser = argparse.ArgumentParser(prog="python -m fastrl.evaluate",
@@ -106,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes (default 10)")
     parser.add_argument("--seed", type=int, default=None, help="env seed (default: the run's seed + 200003)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    parser.add_argument("--member", type=int, default=None,
+                        help="a run of stacked members (--num-seeds, --sweep): evaluate this member (default: all)")
     parser.add_argument("--video", action=argparse.BooleanOptionalAction, default=True,
                         help="write RUN_DIR/eval.gif of one episode where the env can render (default on)")
     args = parser.parse_args(argv)
@@ -119,10 +131,19 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"RUN_DIR: this run trained on an env made in Python (env_fn={state['config']['env']}), "
                               f"which the command line cannot rebuild; evaluate it from Python: "
                               f"fastrl.load_policy(RUN_DIR) and your env")
-        policy = policy_from_checkpoint(state, args.device, "RUN_DIR")
+        members = plan_members(config_from_checkpoint(state["config"], "RUN_DIR"))
+        chosen = [args.member] if args.member is not None or members is None else range(len(members))
+        policies = [policy_from_checkpoint(state, args.device, "RUN_DIR", member) for member in chosen]
     except ConfigError as exc:
         print(f"python -m fastrl.evaluate: error: {exc}", file=sys.stderr)
         return 2
+    for member, policy in zip(chosen, policies):
+        evaluate_one(policy, args, None if members is None else members[member])
+    return 0
+
+
+def evaluate_one(policy: Policy, args: argparse.Namespace, member: Any) -> None:
+    """The evaluation line (and GIF) of one policy; `member`: which member of a stacked run."""
     cfg, spec, device = policy.config, policy.spec, policy.device
     seed = args.seed if args.seed is not None else cfg.seed + 200_003
     envs = TorchVecEnv(spec, min(args.episodes, 16), seed, device, role="eval")
@@ -132,13 +153,13 @@ def main(argv: list[str] | None = None) -> int:
         envs.close()
     mean, std = mean_std(returns)
     policy_name = f"ε-greedy (ε = {cfg.eval_epsilon:g})" if cfg.eval_epsilon else "greedy"  # only DQN sets it
-    print(f"{cfg.algo} on {cfg.env}, checkpoint at env step {policy.env_step}: {policy_name} return {mean:.2f} "
-          f"± {std:.2f} over {len(returns)} episodes")
+    who = "" if member is None else f"{member.describe()}, "
+    print(f"{cfg.algo} on {cfg.env}, {who}checkpoint at env step {policy.env_step}: {policy_name} return "
+          f"{mean:.2f} ± {std:.2f} over {len(returns)} episodes")
     if args.video:
-        gif = Path(args.run_dir) / "eval.gif"
+        gif = Path(args.run_dir) / ("eval.gif" if member is None else f"eval-member{member.index}.gif")
         why_not = record_gif(policy, cfg.env, gif, seed)
         print(f"video: {gif}" if why_not is None else f"no video: {why_not}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -122,6 +122,21 @@ def clip_grad_norm_(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     return norm
 
 
+def clip_grad_norm_members_(grads: list[torch.Tensor], max_norm: torch.Tensor) -> torch.Tensor:
+    """`clip_grad_norm_` for stacked members: every tensor of `grads` is [E, ...], member e's part
+    of it `[e]`. Each member's norm is over its own parts only, and each member's parts are scaled
+    by its own factor (`max_norm` [E]; 0 = no clip for that member). Returns the norms [E].
+    Branch-free: a NaN in one member's gradient stays in that member's parts."""
+    members = max_norm.shape[0]
+    per_tensor = torch.stack([torch.linalg.vector_norm(g.reshape(members, -1), dim=1) for g in grads])
+    norm = torch.linalg.vector_norm(per_tensor, dim=0)  # (no squared temporaries)
+    scale = torch.clamp_max_(torch.reciprocal(norm + 1e-6).mul_(max_norm), 1.0)
+    scale = torch.where(max_norm > 0, scale, torch.ones_like(scale))
+    for g in grads:
+        g.mul_(scale.view(members, *(1,) * (g.dim() - 1)))
+    return norm
+
+
 # Chosen once: the fused kernel (private, `torch._fused_adam_`) where torch has it; otherwise the
 # public torch.optim.Adam over the same tensors and state (slower, the same math).
 HAS_FUSED_ADAM = hasattr(torch, "_fused_adam_")
@@ -133,7 +148,12 @@ class FusedAdam:
     `torch._fused_adam_` the step is `torch.optim.Adam`'s, over the same tensors and state."""
 
     def __init__(self, params: list[torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, grads: list[torch.Tensor] | None = None, lr_on_device: bool = False):
+                 eps: float = 1e-8, grads: list[torch.Tensor] | None = None, lr_on_device: bool = False,
+                 lr_groups: list[tuple[float, list[tuple[int, int]]]] | None = None):
+        """`lr_groups` (stacked members with their own lrs; one flat parameter): (factor, element
+        ranges [start, stop) of the flat parameter) per distinct lr; the elements of a group step
+        with lr `lr * factor`. The fused kernel takes one lr, so it runs once per group, over
+        views of those ranges (a member's part of a layer is one contiguous range)."""
         if grads is None and any(p.grad is None for p in params):
             raise ValueError("FusedAdam needs every parameter's .grad preallocated (or grads=)")
         # With lr_on_device the kernel reads lr from a device tensor that setting `lr` overwrites:
@@ -151,7 +171,14 @@ class FusedAdam:
         # wants it. All parameters step together, so they share one count.
         self.step_count = torch.zeros((), dtype=torch.float32, device=self.params[0].device)
         self._steps = [self.step_count] * len(self.params)
-        self._public = None if HAS_FUSED_ADAM else self._public_adam(lr_on_device)
+        self._groups = None
+        if lr_groups is not None:
+            if lr_on_device or len(self.params) != 1:
+                raise ValueError("FusedAdam: lr_groups need one flat parameter and a host lr")
+            self._groups = [(factor, *([t.narrow(0, a, b - a) for a, b in ranges]
+                                       for t in (self.params[0], self.grads[0], self.exp_avg[0], self.exp_avg_sq[0])))
+                            for factor, ranges in lr_groups]
+        self._public = None if HAS_FUSED_ADAM or self._groups is not None else self._public_adam(lr_on_device)
 
     def _public_adam(self, capturable: bool) -> torch.optim.Adam:
         """torch.optim.Adam stepping `params` with `grads` into `exp_avg`/`exp_avg_sq`. It counts
@@ -178,6 +205,10 @@ class FusedAdam:
     @torch.compiler.disable  # an in-place multi-tensor kernel: run it eagerly, as torch.optim does
     def step(self) -> None:
         self.step_count.add_(1.0)  # the kernel reads the count of the step it is taking
+        if self._groups is not None:
+            for factor, params, grads, exp_avg, exp_avg_sq in self._groups:
+                self._adam(params, grads, exp_avg, exp_avg_sq, self._lr * factor)
+            return
         if self._public is not None:
             if self._lr_tensor is None:
                 self._public.param_groups[0]["lr"] = self._lr
@@ -187,6 +218,23 @@ class FusedAdam:
         torch._fused_adam_(self.params, self.grads, self.exp_avg, self.exp_avg_sq, [], self._steps, lr=lr,
                            beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0, eps=self.eps,
                            amsgrad=False, maximize=False)
+
+    def _adam(self, params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
+              exp_avg_sq: list[torch.Tensor], lr: float) -> None:
+        """One Adam step of a group's views: the fused kernel, or without it Adam's formula as
+        torch.optim.Adam writes it."""
+        if HAS_FUSED_ADAM:
+            torch._fused_adam_(params, grads, exp_avg, exp_avg_sq, [], [self.step_count] * len(params), lr=lr,
+                               beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0, eps=self.eps,
+                               amsgrad=False, maximize=False)
+            return
+        beta1, beta2 = self.betas
+        bias1 = 1.0 - torch.pow(beta1, self.step_count)
+        bias2_sqrt = (1.0 - torch.pow(beta2, self.step_count)).sqrt_()
+        for p, g, m, v in zip(params, grads, exp_avg, exp_avg_sq):
+            m.lerp_(g, 1.0 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+            p.sub_(m.mul(lr).div_(bias1).div_((v.sqrt() / bias2_sqrt).add_(self.eps)))
 
     def state_dict(self) -> dict:
         return {"lr": self.lr, "step_count": self.step_count, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}

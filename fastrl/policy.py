@@ -24,6 +24,8 @@ from fastrl.algorithm import Agent
 from fastrl.checkpoint import load_run_checkpoint, spec_from_payload
 from fastrl.config import TrainConfig, config_from_checkpoint, resolve_device
 from fastrl.envs import OBS_CHANNEL_LAST, OBS_NO_CHANNEL, EnvSpec, lookup_spec
+from fastrl.members import member_configs, plan_members
+from fastrl.settings import ConfigError
 from fastrl.registry import build_agent
 
 
@@ -93,16 +95,21 @@ class Policy:
         return actions.float().clamp(low.reshape(shape), high.reshape(shape))
 
 
-def load_policy(run_dir: str | Path, device: str | torch.device = "cpu") -> Policy:
+def load_policy(run_dir: str | Path, device: str | torch.device = "cpu", member: int | None = None) -> Policy:
     """The policy saved in `run_dir`'s checkpoint, on `device` ("cpu", "cuda", "auto" or a
-    torch.device). Raises `fastrl.ConfigError` for a folder without a readable checkpoint."""
-    return policy_from_checkpoint(load_run_checkpoint(run_dir, flag="run_dir"), device, "run_dir")
+    torch.device). Raises `fastrl.ConfigError` for a folder without a readable checkpoint. A run of
+    stacked members (`--num-seeds`, `--sweep`) needs `member`: the member's own single agent."""
+    return policy_from_checkpoint(load_run_checkpoint(run_dir, flag="run_dir"), device, "run_dir", member)
 
 
-def policy_from_checkpoint(state: dict[str, Any], device: str | torch.device, flag: str) -> Policy:
+def policy_from_checkpoint(state: dict[str, Any], device: str | torch.device, flag: str,
+                           member: int | None = None) -> Policy:
     """`state` as `fastrl.checkpoint.load_run_checkpoint` returns it; `flag` names the run folder
-    in errors."""
+    in errors; `member`: which member of a stacked run."""
     cfg = config_from_checkpoint(state["config"], flag)
+    members = plan_members(cfg)
+    if members is not None or member is not None:
+        cfg, state = member_of(cfg, state, members, member, flag)
     if "env_spec" in state:
         spec = spec_from_payload(state["env_spec"], flag)
     else:
@@ -113,7 +120,24 @@ def policy_from_checkpoint(state: dict[str, Any], device: str | torch.device, fl
     # Acting needs neither compilation nor CUDA graphs (which are for the update).
     agent = build_agent(spec, dataclasses.replace(cfg, cuda_graph=False), device, False)
     agent_state = dict(state["agent"])
+    if agent_state.pop("member_only", False):  # one member's nets: the rest as the fresh agent has it
+        agent_state = {**agent.state_dict(), **agent_state}
     if "generator" in agent_state:  # its state is device-specific: act() explores from a fresh, seeded one
         agent_state["generator"] = agent.generator.get_state()
     agent.load_state_dict(agent_state)
     return Policy(spec, cfg, agent, device, int(state["counters"]["env_step"]))
+
+
+def member_of(cfg: TrainConfig, state: dict[str, Any], members: list | None, member: int | None,
+              flag: str) -> tuple[TrainConfig, dict[str, Any]]:
+    """The config and a single-agent checkpoint of one member of a stacked run: its slices of the
+    stacked nets (acting needs no optimizer state, which is left as a fresh agent has it)."""
+    count = len(members) if members is not None else 1
+    if member is None or not 0 <= member < count or members is None:
+        what = "" if members is None else f" (this run trained {count} members: 0..{count - 1})"
+        raise ConfigError(f"{'--member' if flag == 'RUN_DIR' else 'member'}: choose a member of a stacked "
+                          f"run{what}, got {member}")
+    one = dataclasses.replace(member_configs(cfg, members)[member], num_seeds=1, sweep=())
+    agent_state = state["agent"]
+    nets = {name: {k: v[member: member + 1] for k, v in agent_state[name].items()} for name in ("q", "q_target")}
+    return one, {**state, "agent": {**nets, "member_only": True, "updates_done": agent_state["updates_done"]}}

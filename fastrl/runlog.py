@@ -91,9 +91,10 @@ class RunLog:
         self._writer().writerow({k: _fmt(v) for k, v in row.items()})
         self._file.flush()
         if self._tb is not None:
+            prefix = f"member{row['member']}/" if "member" in row else ""  # a stacked run: a row per member
             for key, value in row.items():
                 if key != "env_step" and isinstance(value, (int, float)) and math.isfinite(value):
-                    self._tb.add_scalar(key, value, row["env_step"])
+                    self._tb.add_scalar(prefix + key, value, row["env_step"])
 
     def close(self) -> None:
         self._file.close()
@@ -124,6 +125,8 @@ def plot_learning_curve(run_dir: Path, title: str) -> Path | None:
     import matplotlib.pyplot as plt
 
     rows = read_metrics(run_dir)
+    if rows and rows[0].get("member"):
+        return _plot_members(run_dir, rows, title, plt)
     train = [(int(r["env_step"]), float(r["episodic_return"])) for r in rows if r["episodic_return"]]
     evals = [(int(r["env_step"]), float(r["eval_return_mean"]), float(r["eval_return_std"] or 0.0))
              for r in rows if r["eval_return_mean"]]
@@ -143,3 +146,47 @@ def plot_learning_curve(run_dir: Path, title: str) -> Path | None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _plot_members(run_dir: Path, rows: list[dict[str, str]], title: str, plt: Any) -> Path:
+    """A stacked run: each member's training return (thin line), and per grid point the mean over
+    its members with a ± std band; grid points are told apart by colour."""
+    import numpy as np
+
+    from fastrl.members import SETTING_PREFIX
+
+    settings = [c for c in rows[0] if c.startswith(SETTING_PREFIX)]
+    curves: dict[int, list[tuple[int, float]]] = {}
+    point_of: dict[int, str] = {}
+    for r in rows:
+        member = int(r["member"])
+        point_of[member] = ", ".join(f"{c.removeprefix(SETTING_PREFIX)}={r[c]}" for c in settings) or "all members"
+        if r["episodic_return"]:
+            curves.setdefault(member, []).append((int(r["env_step"]), float(r["episodic_return"])))
+    points = sorted(set(point_of.values()))
+    colours = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k, point in enumerate(points):
+        colour = colours(k % 10)
+        members = [m for m, p in point_of.items() if p == point and m in curves]
+        for m in members:
+            ax.plot(*zip(*curves[m]), color=colour, alpha=0.25, linewidth=0.8)
+        steps = sorted({s for m in members for s, _ in curves[m]})
+        if not steps:
+            continue
+        # Each member's curve at every logged step (logged steps are shared by all members).
+        grid = np.array([[dict(curves[m]).get(s, np.nan) for s in steps] for m in members])
+        mean, std = np.nanmean(grid, axis=0), np.nanstd(grid, axis=0)
+        ax.plot(steps, mean, color=colour, linewidth=2, label=f"{point} (mean of {len(members)})")
+        ax.fill_between(steps, mean - std, mean + std, color=colour, alpha=0.15)
+    ax.set_xlabel("env steps (per member)")
+    ax.set_ylabel("train episodic return (window mean)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=7)
+    fig.tight_layout()
+    path = run_dir / "learning_curve.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+

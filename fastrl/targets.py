@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -64,3 +65,50 @@ def make_target_updater(pairs: list[tuple[nn.Module, nn.Module]], kind: str, tau
                 online_o.append(o)
                 target_o.append(t)
     return TargetUpdater(online_f, target_f, online_o, target_o, kind, tau, period, moved)
+
+
+@dataclass
+class MemberTargetUpdater:
+    """Target updates of stacked members (every tensor [E, ...], member e's part `[e]`), each
+    member with its own rule: soft members lerp by their τ every update, hard members copy every
+    their own C updates. One lerp per tensor covers both: weight τ_e (soft), 1 or 0 (hard, due or
+    not); lerp with weight 1 is an exact copy, with weight 0 leaves the target as it is."""
+    online: list[torch.Tensor]
+    target: list[torch.Tensor]
+    soft: np.ndarray  # [E] bool
+    tau: np.ndarray  # [E]
+    period: np.ndarray  # [E] int
+    moved: list[Callable[[], None]] = field(default_factory=list)
+    _weights: dict[bytes, list[torch.Tensor]] = field(default_factory=dict)  # per weight pattern, made once
+
+    def step(self, updates_done: int) -> None:
+        weight = np.where(self.soft, self.tau, (updates_done % self.period == 0).astype(np.float64))
+        if not weight.any():
+            return
+        if (weight == 1.0).all():
+            hard_update_(self.target, self.online)
+        else:
+            for t, o, w in zip(self.target, self.online, self._weight_tensors(weight)):
+                t.lerp_(o, w)
+        for weights_changed in self.moved:
+            weights_changed()
+
+    def _weight_tensors(self, weight: np.ndarray) -> list[torch.Tensor]:
+        key = weight.tobytes()
+        tensors = self._weights.get(key)
+        if tensors is None:
+            column = torch.tensor(weight, dtype=self.target[0].dtype, device=self.target[0].device)
+            tensors = [column.view(-1, *(1,) * (t.dim() - 1)) for t in self.target]
+            if len(self._weights) < 1024:  # patterns of hard periods repeat; never grow without bound
+                self._weights[key] = tensors
+        return tensors
+
+
+def make_member_target_updater(online: nn.Module, target: nn.Module, kinds: list[str], taus: list[float],
+                               periods: list[int]) -> MemberTargetUpdater:
+    """Per-member rules for the [E, ...] parameters of `online` and `target` (StackedMLPs)."""
+    pairs = list(zip(online.parameters(), target.parameters(), strict=True))
+    moved = [m.weights_changed for m in target.modules() if hasattr(m, "weights_changed")]
+    return MemberTargetUpdater([o.detach() for o, _ in pairs], [t.detach() for _, t in pairs],
+                               np.array([k == "soft" for k in kinds]), np.array(taus, dtype=np.float64),
+                               np.array(periods, dtype=np.int64), moved)

@@ -5,6 +5,10 @@ checkpoint, and stop early if a signal (or the Python API's callback) asked for 
 From Python this module is also the function `fastrl.train(config, ...)` (see `fastrl.api`): a
 package cannot hold a function and a submodule under one name, so the module is callable.
 
+With `--num-seeds N` / `--sweep NAME=V1,V2,...` the same loop drives many independent agents
+as one stacked computation (`fastrl.members`): one vector env holds every member's envs, the
+counts (env steps, updates) are per member, and logging, evaluation and checkpoints are per member.
+
 `torchrun --nproc-per-node N -m fastrl.train` runs the same loop on N ranks, data-parallel
 (`fastrl.distributed` says what is per rank and what counts the whole run). Its hooks in
 `train()` are the `distributed.*` calls; in a plain run none of them communicates.
@@ -44,9 +48,11 @@ from fastrl.config import (
     resolve, resolve_device, validate, validate_for_env,
 )
 from fastrl.envs import EnvSpec, TorchVecEnv, lookup_spec
-from fastrl.evaluate import evaluate_policy, evaluation_policy, mean_std
+from fastrl.evaluate import evaluate_groups, evaluate_policy, evaluation_policy, mean_std
 from fastrl.finite import NonFiniteError, check_metrics, check_weights
 from fastrl.interrupts import StopRequest, stop_on_signals
+from fastrl.member_replay import MemberReplay
+from fastrl.members import Member, MemberBook, check_members, member_configs, plan_members
 from fastrl.metrics import MetricWindow
 from fastrl.progress import Progress
 from fastrl.registry import ALGORITHMS, build_agent
@@ -95,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif f.name == "hidden_sizes":
             kwargs.update(nargs="+", type=int, metavar="N")
+        elif f.name == "sweep":
+            kwargs.update(action="append", metavar="NAME=V1,V2,...")
         elif hint in (int,):
             kwargs["type"] = int
         elif hint in (float, float | None):
@@ -167,10 +175,15 @@ def check_setup(cfg: TrainConfig, spec_of: Callable[[str], EnvSpec] | None = Non
     check_spec = ALGORITHMS[cfg.algo].check_spec
     if check_spec is not None:
         check_spec(cfg, spec)
+    members = plan_members(cfg)
+    if members is not None:
+        check_members(cfg, spec, world.active, ALGORITHMS[cfg.algo].build_members)
+    width = len(members) if members else 1  # every member allocates its own replay
     mine = distributed.rank_share(cfg, world)  # the replay shard this process allocates
     row_bytes = bytes_per_row(spec.obs_shape, spec.obs_dtype, spec.action_shape, spec.action_dtype,
                               frame_stack=spec.frame_stack, n_step=cfg.n_step, prioritized=cfg.prioritized)
-    check_fits(mine.buffer_size, mine.num_envs, row_bytes, device, extra_slots=spec.frame_stack - 1 + cfg.n_step)
+    check_fits(mine.buffer_size * width, mine.num_envs * width, row_bytes, device,
+               extra_slots=spec.frame_stack - 1 + cfg.n_step)
     return spec, device
 
 
@@ -197,23 +210,50 @@ def end_segment(buffer: ReplayBuffer, obs: torch.Tensor, spec: EnvSpec) -> None:
     buffer.add(obs, actions, zeros, zeros, valid=np.zeros(n, dtype=bool))
 
 
-def write_checkpoint(run_dir: Path, cfg: TrainConfig, spec: EnvSpec, agent: Any, buffer: ReplayBuffer,
-                     counters: RunCounters, world: distributed.World = distributed.SINGLE) -> None:
-    """This rank's checkpoint: every rank writes its own file (its replay shard and RNGs differ)."""
+def write_checkpoint(run_dir: Path, cfg: TrainConfig, spec: EnvSpec, agent: Any, buffer: ReplayBuffer | MemberReplay,
+                     counters: RunCounters, world: distributed.World = distributed.SINGLE,
+                     book: MemberBook | None = None) -> None:
+    """This rank's checkpoint: every rank writes its own file (its replay shard and RNGs differ).
+    `book`: a stacked run's members, whose stopped ones are not held to finite weights."""
     agent_state = agent.state_dict()
-    check_weights(agent_state, counters.env_step, agent.updates_done)  # never replace a good checkpoint with NaNs
+    checked = agent_state if book is None else agent.weights_of(book.live())
+    check_weights(checked, counters.env_step, agent.updates_done)  # never replace a good checkpoint with NaNs
     buffer_state = buffer.state_dict() if cfg.checkpoint_buffer else None
     payload = training_payload(cfg.to_json(), counters, agent_state, buffer_state, spec)
     payload["world_size"] = world.size  # a resume must bring as many ranks
+    if book is not None:
+        payload["members"] = book.state_dict()
     save_checkpoint(run_dir / distributed.checkpoint_name(world.rank), payload)
 
 
-def restore(state: dict[str, Any], agent: Any, buffer: ReplayBuffer) -> None:
+def restore(state: dict[str, Any], agent: Any, buffer: ReplayBuffer | MemberReplay,
+            book: MemberBook | None = None) -> None:
     """Last step before the loop: building envs, nets and buffer may draw from the global RNGs."""
     agent.load_state_dict(state["agent"])
     if "buffer" in state:
         buffer.load_state_dict(state["buffer"])
+    if book is not None:
+        book.load_state_dict(state["members"])
     set_rng_state(state["rng"])
+
+
+def make_buffer(cfg: TrainConfig, mine: TrainConfig, spec: EnvSpec, device: torch.device, seed: int) -> ReplayBuffer:
+    """A replay buffer for `mine.num_envs` env streams; `cfg` is the (member's) run settings."""
+    return ReplayBuffer(mine.buffer_size, mine.num_envs, spec.obs_shape, spec.obs_dtype, spec.action_shape,
+                        spec.action_dtype, device, seed=seed, frame_stack=spec.frame_stack, n_step=cfg.n_step,
+                        gamma=cfg.gamma, prioritized=cfg.prioritized, per_alpha=cfg.per_alpha, per_eps=cfg.per_eps)
+
+
+def build_learner(spec: EnvSpec, cfg: TrainConfig, mine: TrainConfig, device: torch.device, use_compile: bool,
+                  seed: int, members: list[Member] | None) -> tuple[Any, ReplayBuffer | MemberReplay]:
+    """The agent and its replay: one agent, or a stacked run's members (`fastrl.members`), each
+    member with its own buffer seeded and discounted as its own single-agent run would be."""
+    if members is None:
+        return build_agent(spec, dataclasses.replace(cfg, seed=seed), device, use_compile), \
+            make_buffer(cfg, mine, spec, device, seed)
+    configs = member_configs(cfg, members)
+    agent = ALGORITHMS[cfg.algo].build_members(spec, cfg, configs, device)
+    return agent, MemberReplay([make_buffer(c, mine, spec, device, c.seed) for c in configs])
 
 
 def resume_note(resume: dict[str, Any] | None, cfg: TrainConfig) -> str:
@@ -231,6 +271,31 @@ def describe_scale(cfg: TrainConfig, mine: TrainConfig, world: distributed.World
         return f"{cfg.num_envs} envs, {cfg.total_steps} steps, batch {cfg.batch_size}"
     return (f"{world.size} ranks: {cfg.num_envs} envs ({mine.num_envs} per rank), {cfg.total_steps} steps, "
             f"global batch {cfg.batch_size} ({mine.batch_size} per rank)")
+
+
+def window_row(means: dict[str, float], episodes: list, played: torch.Tensor, entropy: Callable[[torch.Tensor], float],
+               agent: Any, env_step: int, evaluation: tuple[float, float] | None) -> dict[str, Any]:
+    """A single-agent run's metrics row of one log window (the loop adds wall time and speed)."""
+    returns = [r for _, r, _ in episodes]
+    return {
+        "env_step": env_step, "episodes": len(episodes),
+        "episodic_return": float(np.mean(returns)) if returns else math.nan,
+        "episodic_length": float(np.mean([n for _, _, n in episodes])) if returns else math.nan,
+        **means,
+        "lr": agent.current_lr(),
+        "action_entropy": entropy(played),
+        "eval_return_mean": evaluation[0] if evaluation else math.nan,
+        "eval_return_std": evaluation[1] if evaluation else math.nan,
+        **agent.exploration(env_step),
+    }
+
+
+def stop_nonfinite_members(book: MemberBook, means: dict[str, Any], env_step: int, updates: int) -> None:
+    """Stop the members whose window went NaN/Inf, saying which; fail when none is left."""
+    for message in book.check(means, env_step, updates):
+        print(f"fastrl: {message}", file=sys.stderr)
+    if not book.live():
+        raise NonFiniteError("metrics of every member", env_step, updates)
 
 
 def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
@@ -251,26 +316,29 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
     mine = distributed.rank_share(cfg, world)  # a plain run: cfg
     seed = distributed.rank_seed(cfg.seed, world.rank)  # the run's seed on rank 0
     stop = stop if stop is not None else StopRequest()  # no handler: never requested
-    use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
+    members = plan_members(cfg)  # None: one agent
+    width = len(members) if members else 1  # agents side by side
+    use_compile = members is None and (cfg.compile if cfg.compile is not None else device.type == "cuda")
     if cfg.threads or device.type == "cpu":
+        # Members keep the single agent's thread choice, not one for their N-times larger batch:
+        # two OpenMP threads beside other processes on a 2-core machine stall each other.
         torch.set_num_threads(cfg.threads or auto_threads(mine.batch_size, cfg.hidden_sizes, TORCH_DEFAULT_THREADS))
     torch.manual_seed(seed)
     np.random.seed(seed)
     start = RunCounters(**resume["counters"]) if resume is not None else RunCounters()
 
-    envs = TorchVecEnv(spec, mine.num_envs, env_seed(seed, start.env_step), device)
+    # A stacked run: member e's envs are [e n, (e + 1) n) of one vector env (n = mine.num_envs).
+    envs = TorchVecEnv(spec, mine.num_envs * width, env_seed(seed, start.env_step), device)
     eval_share = distributed.episode_share(cfg.eval_episodes, world)  # each rank plays its part of the episodes
-    eval_envs = TorchVecEnv(spec, max(1, min(eval_share, MAX_EVAL_ENVS)), seed + 100_003, device, role="eval")
-    agent = build_agent(spec, dataclasses.replace(cfg, seed=seed), device, use_compile)
-    buffer = ReplayBuffer(mine.buffer_size, mine.num_envs, spec.obs_shape, spec.obs_dtype, spec.action_shape,
-                          spec.action_dtype, device, seed=seed, frame_stack=spec.frame_stack, n_step=cfg.n_step,
-                          gamma=cfg.gamma, prioritized=cfg.prioritized, per_alpha=cfg.per_alpha, per_eps=cfg.per_eps)
+    eval_envs = TorchVecEnv(spec, max(1, min(eval_share, MAX_EVAL_ENVS)) * width, seed + 100_003, device, role="eval")
+    agent, buffer = build_learner(spec, cfg, mine, device, use_compile, seed, members)
+    book = MemberBook(members, mine.num_envs) if members is not None else None
     obs = envs.reset()
     log = RunLog(run_dir, {**cfg.to_json(), "compile_resolved": use_compile, "device_resolved": str(device)},
                  append=resume is not None) if world.is_main else None  # rank 0 writes the run folder
     progress = Progress(cfg.total_steps - start.env_step, enabled=cfg.progress and world.is_main)
     if resume is not None:
-        restore(resume, agent, buffer)
+        restore(resume, agent, buffer, book)
     distributed.broadcast_agent_(world, agent)  # rank 0's weights on every rank, from the start
     if world.is_main:
         print(f"fastrl: {resume_note(resume, cfg)}{cfg.algo} on {cfg.env} ({spec.backend}), seed {cfg.seed}, "
@@ -280,10 +348,14 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
               f"{'prioritized replay, ' if cfg.prioritized else ''}"
               f"{cfg.updates_per_train} updates every {cfg.train_every} vector steps "
               f"(updates/transition {cfg.updates_per_transition:.4g}, replay ratio {cfg.replay_ratio:.4g}); "
-              f"run folder {run_dir}", file=sys.stderr)
+              f"{f'{width} stacked members, ' if members else ''}run folder {run_dir}", file=sys.stderr)
 
     action_low = torch.tensor(spec.action_low, device=device) if not spec.discrete else None
     action_high = torch.tensor(spec.action_high, device=device) if not spec.discrete else None
+
+    def entropy(played: torch.Tensor) -> float:
+        return played_action_entropy(played, spec.discrete, spec.num_actions, action_low, action_high)
+
     window = MetricWindow()  # every update's named metrics, summed on the device over the log window
     window_actions, window_episodes = [], []
     eval_returns: list[float] = list(start.eval_returns)
@@ -307,7 +379,7 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
     try:
         for vector_step in range(start.vector_step, cfg.num_vector_steps):
             if env_step < cfg.learning_starts:
-                actions = agent.random_actions(mine.num_envs)
+                actions = agent.random_actions(envs.num_envs)
             else:
                 actions = agent.act(obs, env_step)
             envs.send(actions)  # envpool's threads step the envs while the learner trains below
@@ -335,8 +407,12 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
             evaluation = None
             if done or (cfg.eval_every and env_step - last_eval_step >= cfg.eval_every):
                 t_eval = time.perf_counter()
-                eval_returns = distributed.pool_returns(
-                    world, evaluate_policy(evaluation_policy(agent), eval_envs, eval_share))
+                if book is None:
+                    eval_returns = distributed.pool_returns(
+                        world, evaluate_policy(evaluation_policy(agent), eval_envs, eval_share))
+                else:  # each member on its own eval envs; the run's returns pool the live members'
+                    book.record_evaluation(evaluate_groups(evaluation_policy(agent), eval_envs, eval_share, width))
+                    eval_returns = [r for e in book.live() for r in book.eval_returns[e]]
                 eval_s += time.perf_counter() - t_eval
                 evaluation = mean_std(eval_returns)
                 best_eval = max(best_eval, evaluation[0])
@@ -348,26 +424,23 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
                 # window.means(): the one host sync per window. With N ranks, pooled in one all_gather.
                 means, episodes, played = distributed.pool_window(world, window.means(), window_episodes,
                                                                   window_actions, agent)
-                returns = [r for _, r, _ in episodes]
-                row = {
-                    "env_step": env_step, "wall_s": start.wall_s + time.perf_counter() - t_start,
-                    "sps": (env_step - start.env_step) / elapsed,
-                    "updates": agent.updates_done, "episodes": len(episodes),
-                    "episodic_return": float(np.mean(returns)) if returns else math.nan,
-                    "episodic_length": float(np.mean([n for _, _, n in episodes])) if returns else math.nan,
-                    **means,
-                    "lr": agent.current_lr(),
-                    "action_entropy": played_action_entropy(torch.stack(played), spec.discrete,
-                                                            spec.num_actions, action_low, action_high),
-                    "eval_return_mean": evaluation[0] if evaluation else math.nan,
-                    "eval_return_std": evaluation[1] if evaluation else math.nan,
-                    **agent.exploration(env_step),
-                }
-                if log is not None:
-                    log.write(row)
-                if callback is not None and callback(dict(row)) is False:
-                    stop.by_caller = True  # as a signal does: a checkpoint below, then out
-                check_metrics(means, env_step, agent.updates_done)  # a NaN in any update makes its mean NaN
+                if book is None:
+                    rows = [window_row(means, episodes, torch.stack(played), entropy, agent, env_step, evaluation)]
+                else:
+                    rows = book.rows({"env_step": env_step}, means, episodes, torch.stack(played),
+                                     agent.exploration(env_step), agent.current_lr(), evaluation is not None, entropy)
+                for row in rows:
+                    row.update({"wall_s": start.wall_s + time.perf_counter() - t_start,
+                                "sps": (env_step - start.env_step) / elapsed, "updates": agent.updates_done})
+                    if log is not None:
+                        log.write(row)
+                    if callback is not None and callback(dict(row)) is False:
+                        stop.by_caller = True  # as a signal does: a checkpoint below, then out
+                if book is None:
+                    check_metrics(means, env_step, agent.updates_done)  # a NaN in any update makes its mean NaN
+                else:
+                    stop_nonfinite_members(book, means, env_step, agent.updates_done)
+                row = rows[0] if book is None else book.overview(rows)
                 progress.update(env_step - start.env_step, row)
                 window.reset()
                 window_actions, window_episodes = [], []
@@ -380,15 +453,15 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
                 # (seed, env_step): a run resumed from this checkpoint rebuilds the same ones.
                 end_segment(buffer, obs, spec)
                 envs.close()
-                envs = TorchVecEnv(spec, mine.num_envs, env_seed(seed, env_step), device)
+                envs = TorchVecEnv(spec, envs.num_envs, env_seed(seed, env_step), device)
                 obs = envs.reset()
-                write_checkpoint(run_dir, cfg, spec, agent, buffer, counters(), world)
+                write_checkpoint(run_dir, cfg, spec, agent, buffer, counters(), world, book)
                 saved_at = env_step
             if halt.requested:
                 break
         if saved_at != env_step:  # the end, or a stop between checkpoints
             end_segment(buffer, obs, spec)
-            write_checkpoint(run_dir, cfg, spec, agent, buffer, counters(), world)
+            write_checkpoint(run_dir, cfg, spec, agent, buffer, counters(), world, book)
             saved_at = env_step
         distributed.barrier(world, "the end-of-run barrier")  # every rank's checkpoint is written
     except (NonFiniteError, distributed.ReplicaMismatchError, distributed.PeerLostError) as exc:
@@ -424,11 +497,14 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
         "checkpoint_env_step": saved_at, "resumed_from_env_step": start.env_step if resume is not None else None,
         "run_dir": str(run_dir),
     }
+    if book is not None:  # counts are per member; so is "sps"
+        summary.update(book.summary(), sps_all_members=summary["sps"] * width)
     if failure is not None:
         summary["exit_code"] = FAILURES[type(failure)][0]
     if world.is_main:
         write_summary(run_dir, summary)
-        plot_learning_curve(run_dir, f"{cfg.algo} {cfg.env} seed {cfg.seed}")
+        title = f"{cfg.algo} {cfg.env} " + (f"seed {cfg.seed}" if book is None else f"{width} members")
+        plot_learning_curve(run_dir, title)
     return summary
 
 
