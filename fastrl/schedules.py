@@ -30,15 +30,18 @@ def learning_rate(schedule: str, lr0: float, update: int, total_updates: int, *,
 
 # --- when the loop trains: one predicate, shared by the loop and the schedules that plan for it ---
 
-# A mini-batch needs a sampleable row, and the newest vector step's rows are not sampleable yet
-# (their next observation is unwritten): the first train phase can come at vector step 2.
-FIRST_TRAIN_VECTOR_STEP = 2
+# A mini-batch needs a sampleable row. While vector step v is in flight the buffer holds the rows
+# of steps 0 .. v-1, and a row is sampleable once the n observations after it are written (1-step:
+# its next observation): the first train phase can come at vector step n + 1.
+def first_train_vector_step(n_step: int) -> int:
+    return n_step + 1
 
 
-def train_phase_due(vector_step: int, num_envs: int, train_every: int, learn_from: int) -> bool:
+def train_phase_due(vector_step: int, num_envs: int, train_every: int, learn_from: int, n_step: int = 1) -> bool:
     """Whether the loop runs a train phase while vector step `vector_step` (0-based) is in flight:
-    every `train_every` vector steps, once the step under way reaches env step `learn_from`."""
-    return (vector_step >= FIRST_TRAIN_VECTOR_STEP and (vector_step + 1) * num_envs >= learn_from
+    every `train_every` vector steps, once the step under way reaches env step `learn_from` and
+    the buffer holds an `n_step`-return row."""
+    return (vector_step >= first_train_vector_step(n_step) and (vector_step + 1) * num_envs >= learn_from
             and (vector_step + 1) % train_every == 0)
 
 
@@ -46,6 +49,6 @@ def planned_updates(cfg) -> int:
     """Updates an uninterrupted run makes: `updates_per_train` per vector step where
     `train_phase_due` holds (counted in closed form). The linear lr schedule ends here."""
     last = cfg.num_vector_steps  # vector steps are 0 .. last-1; count u = step + 1 in [first, last]
-    first = max(FIRST_TRAIN_VECTOR_STEP + 1, -(-cfg.learning_starts // cfg.num_envs))
+    first = max(first_train_vector_step(cfg.n_step) + 1, -(-cfg.learning_starts // cfg.num_envs))
     phases = max(last // cfg.train_every - (first - 1) // cfg.train_every, 0)
     return max(phases * cfg.updates_per_train, 1)

@@ -385,7 +385,7 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
             envs.send(actions)  # envpool's threads step the envs while the learner trains below
 
             # (len(buffer) only binds after a resume without the buffer, which refills it first.)
-            if train_phase_due(vector_step, cfg.num_envs, cfg.train_every, learn_from) and len(buffer) > 0:
+            if train_phase_due(vector_step, cfg.num_envs, cfg.train_every, learn_from, cfg.n_step) and len(buffer) > 0:
                 # One index draw for all k mini-batches of the phase.
                 beta = linear(cfg.per_beta, 1.0, cfg.total_steps, env_step) if cfg.prioritized else None
                 for batch in buffer.sample_batches(cfg.updates_per_train, mine.batch_size, beta=beta):

@@ -63,7 +63,10 @@ def test_help_explains_robbins_monro():
 @pytest.mark.parametrize("settings", [
     {},  # the default CartPole preset's shape: 64 updates every 32 vector steps of 8 envs
     {"num_envs": 3, "train_every": 5, "updates_per_train": 2, "learning_starts": 7},
-    {"num_envs": 1, "train_every": 1, "updates_per_train": 1, "learning_starts": 0},
+    {"num_envs": 1, "train_every": 1, "updates_per_train": 1, "learning_starts": 0, "n_step": 1},
+    # n-step rows are sampleable n steps later: the first phase waits for them, in plan and loop alike
+    {"num_envs": 1, "train_every": 1, "updates_per_train": 1, "learning_starts": 0, "n_step": 3},
+    {"num_envs": 2, "train_every": 1, "updates_per_train": 2, "learning_starts": 0, "n_step": 5},
 ])
 def test_the_lr_each_update_receives_follows_the_linear_schedule_to_its_end(settings, tmp_path, monkeypatch):
     """The loop and the schedule count updates with one predicate: the planned total is the number
