@@ -170,7 +170,6 @@ class FusedAdam:
         # The step count for the bias correction: float32 on the parameters' device, as the kernel
         # wants it. All parameters step together, so they share one count.
         self.step_count = torch.zeros((), dtype=torch.float32, device=self.params[0].device)
-        self._steps = [self.step_count] * len(self.params)
         self._groups = None
         if lr_groups is not None:
             if lr_on_device or len(self.params) != 1:
@@ -214,14 +213,13 @@ class FusedAdam:
                 self._public.param_groups[0]["lr"] = self._lr
             self._public.step()
             return
-        lr = self._lr_tensor if self._lr_tensor is not None else self._lr
-        torch._fused_adam_(self.params, self.grads, self.exp_avg, self.exp_avg_sq, [], self._steps, lr=lr,
-                           beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0, eps=self.eps,
-                           amsgrad=False, maximize=False)
+        self._adam(self.params, self.grads, self.exp_avg, self.exp_avg_sq,
+                   self._lr_tensor if self._lr_tensor is not None else self._lr)
 
     def _adam(self, params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
-              exp_avg_sq: list[torch.Tensor], lr: float) -> None:
-        """One Adam step of a group's views: the fused kernel, or without it Adam's formula as
+              exp_avg_sq: list[torch.Tensor], lr: float | torch.Tensor) -> None:
+        """One Adam step of these tensors (all of them, or one lr group's views): the fused kernel,
+        or without it (lr groups only: the plain step then uses torch.optim.Adam) Adam's formula as
         torch.optim.Adam writes it."""
         if HAS_FUSED_ADAM:
             torch._fused_adam_(params, grads, exp_avg, exp_avg_sq, [], [self.step_count] * len(params), lr=lr,

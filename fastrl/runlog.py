@@ -175,7 +175,8 @@ def _plot_members(run_dir: Path, rows: list[dict[str, str]], title: str, plt: An
         if not steps:
             continue
         # Each member's curve at every logged step (logged steps are shared by all members).
-        grid = np.array([[dict(curves[m]).get(s, np.nan) for s in steps] for m in members])
+        by_step = [dict(curves[m]) for m in members]
+        grid = np.array([[curve.get(s, np.nan) for s in steps] for curve in by_step])
         mean, std = np.nanmean(grid, axis=0), np.nanstd(grid, axis=0)
         ax.plot(steps, mean, color=colour, linewidth=2, label=f"{point} (mean of {len(members)})")
         ax.fill_between(steps, mean - std, mean + std, color=colour, alpha=0.15)
