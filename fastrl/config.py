@@ -26,7 +26,7 @@ from fastrl.registry import ALGORITHMS
 from fastrl.settings import (
     ConfigError, check_field, flag, in_range, non_negative, non_negative_int, positive, positive_int, setting,
 )
-from fastrl.sweeps import check_sweep_syntax, parse_sweep
+from fastrl.sweeps import COMPOUND, check_sweep_syntax, compound_values, parse_sweep
 
 __all__ = ["ConfigError", "TrainConfig", "resolve", "validate", "validate_for_env", "load_config_file"]
 
@@ -317,23 +317,33 @@ def sweep_grid(cfg: TrainConfig) -> list[dict[str, Any]]:
     """The grid points of `cfg.sweep`: one dict of swept settings per point, the first sweep
     varying slowest; [{}] without sweeps. Each value is converted to its setting's type and passes
     that setting's check (and, for an algorithm-specific one, `cfg.algo` must read it)."""
-    axes = []
+    axes: list[list[dict[str, Any]]] = []  # per sweep, the settings of each of its values
+    swept: dict[str, str] = {}  # setting -> the sweep that sets it
     for text in cfg.sweep:
         name, raw_values = parse_sweep(text)
-        if name in [n for n, _ in axes]:
-            raise ConfigError(f"--sweep: {name} is swept twice; give all its values in one --sweep {name}=V1,V2,...")
-        if name not in COMMON_NAMES and name not in ALGORITHMS[cfg.algo].reads:
-            raise ConfigError(f"--sweep: {name} is not a setting of --algo {cfg.algo}")
-        values = [sweep_value(name, raw) for raw in raw_values]
+        if name in COMPOUND:
+            values = compound_values(name, raw_values)
+        else:
+            values = [{name: sweep_value(name, raw)} for raw in raw_values]
+        for setting_name in sorted({k for value in values for k in value}):
+            if setting_name in swept:
+                twice = ("swept twice" if swept[setting_name] == name
+                         else f"set by both --sweep {swept[setting_name]} and --sweep {name}")
+                raise ConfigError(f"--sweep: {setting_name} is {twice}; give all its values in one "
+                                  f"--sweep {name}=V1,V2,...")
+            swept[setting_name] = name
+            if setting_name not in COMMON_NAMES and setting_name not in ALGORITHMS[cfg.algo].reads:
+                raise ConfigError(f"--sweep: {setting_name} is not a setting of --algo {cfg.algo}")
         for value in values:
-            try:
-                check_field(FIELDS[name], value)
-            except ConfigError as exc:
-                raise ConfigError(f"--sweep: {name}={value}: {str(exc).split(': ', 1)[1]}") from None
-        axes.append((name, values))
+            for setting_name, v in value.items():
+                try:
+                    check_field(FIELDS[setting_name], v)
+                except ConfigError as exc:
+                    raise ConfigError(f"--sweep: {setting_name}={v}: {str(exc).split(': ', 1)[1]}") from None
+        axes.append(values)
     points: list[dict[str, Any]] = [{}]
-    for name, values in axes:
-        points = [{**point, name: value} for point in points for value in values]
+    for values in axes:
+        points = [{**point, **value} for point in points for value in values]
     return points
 
 

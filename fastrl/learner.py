@@ -29,6 +29,20 @@ from fastrl.schedules import learning_rate
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
+def bf16_unsupported_note(precision: str, device: torch.device) -> str | None:
+    """Why `--precision bf16` would slow this run down instead of speeding it up: a CPU without
+    AVX512-BF16 or AMX has no bf16 products, and oneDNN then emulates them. None where bf16 has
+    hardware support (or the run is fp32, or on a GPU)."""
+    if precision != "bf16" or device.type != "cpu":
+        return None
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(probe is None for probe in probes) or any(probe() for probe in probes):
+        return None  # supported, or this torch cannot tell
+    return (f"--precision bf16: this CPU has no bf16 matrix products (torch reports "
+            f"{torch.backends.cpu.get_cpu_capability()}, no AVX512-BF16 or AMX), so they run emulated, many "
+            f"times slower than fp32; use --precision fp32 here")
+
+
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
     """The context an autograd update runs its forward passes and loss in: for bf16,
     `torch.autocast`, whose matrix products multiply bf16 casts of the fp32 parameters (their

@@ -21,6 +21,33 @@ SWEEPABLE = ("lr", "gamma", "tau", "target_update", "target_period", "max_grad_n
 SHAPE_SETTINGS = ("batch_size", "hidden_sizes", "num_envs", "buffer_size", "total_steps", "train_every",
                   "updates_per_train", "learning_starts", "n_step", "frame_stack", "env", "algo",
                   "precision", "device", "prioritized")
+# Sweeps whose every value sets several settings at once (name -> the form of a value). `target`
+# puts target rules side by side, each with its own parameter (a hard member's period, a soft
+# member's τ): a grid of target_update × tau × target_period would also train members that differ
+# only in a setting their rule ignores.
+COMPOUND = {"target": "hard:PERIOD or soft:TAU"}
+
+
+def target_rule(raw: str) -> dict[str, Any] | None:
+    """"hard:C" -> target_update hard every C updates; "soft:TAU" -> soft with τ; None if neither."""
+    kind, sep, value = raw.partition(":")
+    try:
+        if sep and kind == "hard":
+            return {"target_update": "hard", "target_period": int(value)}
+        if sep and kind == "soft":
+            return {"target_update": "soft", "tau": float(value)}
+    except ValueError:
+        return None
+    return None
+
+
+def compound_values(name: str, raw_values: list[str]) -> list[dict[str, Any]]:
+    """The settings each value of the compound sweep `name` stands for. Raises the one-line ConfigError."""
+    rules = [target_rule(raw) for raw in raw_values]
+    for raw, rule in zip(raw_values, rules):
+        if rule is None:
+            raise ConfigError(f"--sweep: {name} values must each be {COMPOUND[name]}, got {raw!r}")
+    return rules  # type: ignore[return-value]
 
 
 def parse_sweep(text: str) -> tuple[str, list[str]]:
@@ -40,8 +67,8 @@ def sweep_syntax_problem(text: Any) -> str | None:
     if name in SHAPE_SETTINGS:
         return (f"{name} cannot differ between the members of one process (it sets a tensor's shape or the "
                 f"loop's steps); run one process per {name} value")
-    if name not in SWEEPABLE:
-        return f"{name!r} cannot be swept; sweepable settings: {', '.join(SWEEPABLE)}"
+    if name not in SWEEPABLE and name not in COMPOUND:
+        return f"{name!r} cannot be swept; sweepable settings: {', '.join(SWEEPABLE + tuple(COMPOUND))}"
     if any(not v.strip() for v in values.split(",")):
         return f"{name}: give one or more comma-separated values, got {values!r}"
     return None

@@ -51,6 +51,7 @@ from fastrl.envs import EnvSpec, TorchVecEnv, lookup_spec
 from fastrl.evaluate import evaluate_groups, evaluate_policy, evaluation_policy, mean_std
 from fastrl.finite import NonFiniteError, check_metrics, check_weights
 from fastrl.interrupts import StopRequest, stop_on_signals
+from fastrl.learner import bf16_unsupported_note
 from fastrl.member_replay import MemberReplay
 from fastrl.members import Member, MemberBook, check_members, member_configs, plan_members
 from fastrl.metrics import MetricWindow
@@ -349,6 +350,9 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
               f"{cfg.updates_per_train} updates every {cfg.train_every} vector steps "
               f"(updates/transition {cfg.updates_per_transition:.4g}, replay ratio {cfg.replay_ratio:.4g}); "
               f"{f'{width} stacked members, ' if members else ''}run folder {run_dir}", file=sys.stderr)
+        slow_bf16 = bf16_unsupported_note(cfg.precision, device)
+        if slow_bf16:
+            print(f"fastrl: warning: {slow_bf16}", file=sys.stderr)
 
     action_low = torch.tensor(spec.action_low, device=device) if not spec.discrete else None
     action_high = torch.tensor(spec.action_high, device=device) if not spec.discrete else None

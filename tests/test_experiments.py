@@ -71,19 +71,54 @@ def test_report_and_plots_from_results(tmp_path):
     assert all(f"]({name})" in report for name in pngs)
 
 
-def test_tiny_experiment_end_to_end_and_resume(tmp_path, capsys):
-    argv = ["--out", str(tmp_path), "--algos", "dqn", "--total-steps", "400", "--batch-sizes", "16", "32",
+def tiny_experiment(out, *extra):
+    return ["--out", str(out), "--algos", "dqn", "--total-steps", "400", "--batch-sizes", "16", "32",
             "--targets", "hard:20", "soft:0.05", "--seeds", "1", "--threads", str(torch.get_num_threads()),
             "--set", "learning_starts=200", "eval_episodes=2", "hidden_sizes=[16]", "num_envs=4",
-            "device=cpu"]  # on a GPU machine --device auto would compile every run afresh
+            "device=cpu", *extra]  # on a GPU machine --device auto would compile every run afresh
+
+
+def test_tiny_experiment_end_to_end_and_resume(tmp_path, capsys):
+    argv = tiny_experiment(tmp_path)
     assert updates.main(argv) == 0
     err = capsys.readouterr().err
-    assert "= 4 runs" in err and "replay ratio" in err
+    assert "= 4 runs in 2 processes" in err and "replay ratio" in err
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results) == 4 and all(r["updates"] > 0 and r["env_steps"] == 400 for r in results)
     assert len({r["replay_ratio"] for r in results}) == 2  # grows with the batch; updates fixed
-    assert len(list((tmp_path / "runs").iterdir())) == 4
-    assert (tmp_path / "report.md").is_file() and len(list(tmp_path.glob("*.png"))) >= 2
+    assert all(r["members_in_process"] == 2 for r in results)
+    # One stacked process per batch size, its members the two target settings.
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert [r.name for r in runs] == ["dqn-CartPole-v1-b16-s1-hard20_soft0.05", "dqn-CartPole-v1-b32-s1-hard20_soft0.05"]
+    members = json.loads((runs[0] / "summary.json").read_text())["members"]
+    assert [m["settings"] for m in members] == [{"target_update": "hard", "target_period": 20},
+                                                {"target_update": "soft", "tau": 0.05}]
+    by_name = {r["name"]: r for r in results}
+    assert by_name["dqn-CartPole-v1-hard20-b16-s1"]["final_return_mean"] == members[0]["final_eval_return_mean"]
+    assert by_name["dqn-CartPole-v1-soft0.05-b16-s1"]["final_return_mean"] == members[1]["final_eval_return_mean"]
+    report = (tmp_path / "report.md").read_text()
+    assert "stacked members of one process (2 members" in report and len(list(tmp_path.glob("*.png"))) >= 2
 
     assert updates.main(argv) == 0  # every run is read back, none retrained
     assert "4 of 4 runs read back" in (tmp_path / "report.md").read_text()
+
+
+def test_separate_trains_every_run_as_its_own_process(tmp_path, capsys):
+    assert updates.main(tiny_experiment(tmp_path, "--separate")) == 0
+    assert "= 4 runs in 4 processes" in capsys.readouterr().err
+    assert len(list((tmp_path / "runs").iterdir())) == 4
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert all(r["members_in_process"] == 1 for r in results)
+    assert "Every run trained as its own process" in (tmp_path / "report.md").read_text()
+
+
+def test_stacked_processes_cover_every_run_once_in_blocks_of_consecutive_seeds():
+    grid = Grid((Task("dqn", "CartPole-v1", 1000, 475.0, 500), Task("td3", "Pendulum-v1", 1000, -200.0, 500)),
+                (TargetSetting("hard", 10), TargetSetting("soft", 0.01)), (32, 64), (1, 2, 5))
+    processes = grid.processes({"dqn"})
+    assert sorted(s.name for p in processes for s in p.specs) == sorted(s.name for s in grid.runs())
+    dqn = [p for p in processes if p.task.algo == "dqn"]
+    assert [(p.batch_size, p.seeds) for p in dqn] == [(32, (1, 2)), (32, (5,)), (64, (1, 2)), (64, (5,))]
+    cfg = dqn[0].config("/tmp/runs")
+    assert cfg.sweep == ("target=hard:10,soft:0.01",) and cfg.num_seeds == 2 and cfg.seed == 1
+    assert len([p for p in processes if p.task.algo == "td3"]) == 2 * 2 * 3  # not stackable here: alone

@@ -221,6 +221,21 @@ def test_a_sweep_forms_a_grid_of_settings_times_seeds(tmp_path):
     assert last["4"]["sweep_target_update"] == "hard"
 
 
+def test_a_target_sweep_puts_each_rule_beside_the_others_with_its_own_parameter(tmp_path):
+    run = tmp_path / "run"
+    assert train_mod.main(tiny_run(run, "--sweep", "target=hard:50,soft:0.02,hard:7")) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert [g["settings"] for g in summary["grid"]] == [
+        {"target_update": "hard", "target_period": 50}, {"target_update": "soft", "tau": 0.02},
+        {"target_update": "hard", "target_period": 7}]
+    cfg = resolve({**SMALL, "sweep": ("target=hard:50,soft:0.02", "lr=1e-3,2e-3")})
+    configs = member_configs(cfg, plan_members(cfg))
+    assert [(c.target_update, c.target_period if c.target_update == "hard" else c.tau, c.lr) for c in configs] == [
+        ("hard", 50, 1e-3), ("hard", 50, 2e-3), ("soft", 0.02, 1e-3), ("soft", 0.02, 2e-3)]
+    last = {r["member"]: r for r in read_metrics(run)}
+    assert last["0"]["sweep_target_period"] == "50" and last["1"]["sweep_tau"] == "0.02"
+
+
 def test_a_stacked_run_resumes_exactly(tmp_path, monkeypatch):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     args = ("--num-seeds", "2", "--sweep", "gamma=0.9,0.99", "--checkpoint-every", "600", "--checkpoint-buffer")
@@ -279,6 +294,9 @@ def test_a_nan_in_one_member_stops_that_member_and_the_others_train_on(tmp_path,
     (("--sweep", "tau=0,0.5"), "--sweep: tau=0.0: must be in (0, 1]"),
     (("--sweep", "bogus=1,2"), "'bogus' cannot be swept"),
     (("--sweep", "lr=1e-3", "--sweep", "lr=2e-3"), "lr is swept twice"),
+    (("--sweep", "target=hard:10,soft:0.1", "--sweep", "tau=0.1,0.2"), "tau is set by both --sweep target and"),
+    (("--sweep", "target=hard:10,medium:3"), "target values must each be hard:PERIOD or soft:TAU, got 'medium:3'"),
+    (("--sweep", "target=hard:0"), "--sweep: target_period=0"),
     (("--num-seeds", "2", "--algo", "td3", "--env", "Pendulum-v1"), "available for dqn so far"),
     (("--num-seeds", "0"), "--num-seeds: must be a positive integer"),
 ])

@@ -13,6 +13,7 @@ from fastrl.config import load_config_file, resolve, validate
 from fastrl.dqn import td_target
 from fastrl.envs import lookup_spec
 from fastrl.fused_adam import FusedAdam, flatten_parameters_
+from fastrl.learner import bf16_unsupported_note
 from fastrl.registry import ALGORITHMS
 from fastrl.settings import ConfigError
 from fastrl.stacked_mlp import StackedMLP, backward
@@ -256,6 +257,18 @@ def test_precision_is_logged_in_the_start_line_and_summary(tmp_path, capsys):
     assert "precision bf16" in capsys.readouterr().err
     assert summary["precision"] == "bf16" and summary["updates"] > 0
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["precision"] == "bf16"
+
+
+@pytest.mark.parametrize("avx512_bf16,amx,warned", [(False, False, True), (True, False, False), (False, True, False)])
+def test_bf16_without_hardware_support_is_called_out(monkeypatch, avx512_bf16, amx, warned):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    note = bf16_unsupported_note("bf16", torch.device("cpu"))
+    assert (note is not None) == warned
+    if warned:
+        assert note.startswith("--precision bf16: this CPU has no bf16 matrix products") and "--precision fp32" in note
+    assert bf16_unsupported_note("fp32", torch.device("cpu")) is None
+    assert bf16_unsupported_note("bf16", torch.device("cuda")) is None
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ class SettingSummary:
     reached: int  # seeds whose eval reached the threshold at some point
     failed: int  # seeds stopped by the trainer's non-finite check
     steps_to_threshold: float | None  # median over the seeds that reached it
-    wall_s: float  # mean over seeds
+    wall_s: float  # mean over seeds (of each run's process, when stacked)
     updates_per_s: float
     sps: float
     updates_per_transition: float
@@ -33,6 +33,7 @@ class SettingSummary:
     curve_steps: list[int]
     curve_mean: list[float]
     curve_std: list[float]
+    members_in_process: int = 1  # runs that trained as one process's stacked members
 
 
 def summarize(results: list[RunResult]) -> list[SettingSummary]:
@@ -57,7 +58,7 @@ def _summary(runs: list[RunResult]) -> SettingSummary:
         updates_per_s=float(np.mean([r.updates_per_s for r in runs])),
         sps=float(np.mean([r.sps for r in runs])),
         updates_per_transition=first.updates_per_transition, replay_ratio=first.replay_ratio,
-        curve_steps=steps, curve_mean=mean, curve_std=std,
+        curve_steps=steps, curve_mean=mean, curve_std=std, members_in_process=first.members_in_process,
     )
 
 

@@ -1,4 +1,5 @@
-"""The hard-vs-soft × batch-size grid: which runs an experiment is made of.
+"""The hard-vs-soft × batch-size grid: which runs an experiment is made of, and which of them
+train together as the stacked members of one process.
 
 Every run of a task collects the same number of env steps with the same updates per transition
 (the preset's), so a run differs from another only in its target update and batch size. The
@@ -21,6 +22,11 @@ class TargetSetting:
     @property
     def label(self) -> str:
         return f"hard C={int(self.value)}" if self.kind == "hard" else f"soft τ={self.value:g}"
+
+    @property
+    def value_text(self) -> str:
+        """As `--sweep target=` takes it."""
+        return f"hard:{int(self.value)}" if self.kind == "hard" else f"soft:{self.value!r}"
 
     @property
     def slug(self) -> str:
@@ -68,6 +74,10 @@ class RunSpec:
     def name(self) -> str:
         return f"{self.task.name}-{self.target.slug}-b{self.batch_size}-s{self.seed}"
 
+    @property
+    def specs(self) -> tuple[RunSpec, ...]:
+        return (self,)
+
     def config(self, runs_dir: str) -> TrainConfig:
         return resolve({
             "algo": self.task.algo, "env": self.task.env, "total_steps": self.task.total_steps,
@@ -75,6 +85,47 @@ class RunSpec:
             "batch_size": self.batch_size, "seed": self.seed, "progress": False,
             "run_dir": f"{runs_dir}/{self.name}",
         })
+
+
+@dataclass(frozen=True)
+class StackedRuns:
+    """The runs of one task and batch size for a block of consecutive seeds, every target setting
+    of the grid, trained as one process: `--sweep target=... --num-seeds N` (`fastrl.members`).
+    `specs` are in the members' order: target setting major, seed minor."""
+    task: Task
+    batch_size: int
+    targets: tuple[TargetSetting, ...]
+    seeds: tuple[int, ...]  # consecutive
+
+    @property
+    def specs(self) -> tuple[RunSpec, ...]:
+        return tuple(RunSpec(self.task, t, self.batch_size, s) for t in self.targets for s in self.seeds)
+
+    @property
+    def name(self) -> str:
+        seeds = f"s{self.seeds[0]}" + (f"-{self.seeds[-1]}" if len(self.seeds) > 1 else "")
+        return f"{self.task.name}-b{self.batch_size}-{seeds}-" + "_".join(t.slug for t in self.targets)
+
+    def config(self, runs_dir: str) -> TrainConfig:
+        return resolve({
+            "algo": self.task.algo, "env": self.task.env, "total_steps": self.task.total_steps,
+            "eval_every": self.task.eval_every, **dict(self.task.overrides),
+            "sweep": ("target=" + ",".join(t.value_text for t in self.targets),),
+            "num_seeds": len(self.seeds), "batch_size": self.batch_size, "seed": self.seeds[0],
+            "progress": False, "run_dir": f"{runs_dir}/{self.name}",
+        })
+
+
+def consecutive_blocks(seeds: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """[1, 2, 3, 7, 8] -> [(1, 2, 3), (7, 8)]: the seed blocks one stacked process can train
+    (its members' seeds are --seed, --seed + 1, ...)."""
+    blocks: list[list[int]] = []
+    for seed in sorted(set(seeds)):
+        if blocks and seed == blocks[-1][-1] + 1:
+            blocks[-1].append(seed)
+        else:
+            blocks.append([seed])
+    return [tuple(b) for b in blocks]
 
 
 @dataclass(frozen=True)
@@ -88,6 +139,19 @@ class Grid:
     def runs(self) -> list[RunSpec]:
         return [RunSpec(task, target, batch, seed) for task in self.tasks for batch in self.batch_sizes
                 for target in self.targets for seed in self.seeds]
+
+    def processes(self, stackable: set[str]) -> list[RunSpec | StackedRuns]:
+        """What to train, one item per process: the runs of an algorithm in `stackable` grouped
+        per (task, batch size, block of consecutive seeds) as stacked members, the others alone.
+        Together they hold every run of `runs()` once."""
+        out: list[RunSpec | StackedRuns] = []
+        for task in self.tasks:
+            for batch in self.batch_sizes:
+                if task.algo in stackable and len(self.targets) * len(self.seeds) > 1:
+                    out += [StackedRuns(task, batch, self.targets, block) for block in consecutive_blocks(self.seeds)]
+                else:
+                    out += [RunSpec(task, t, batch, s) for t in self.targets for s in self.seeds]
+        return out
 
 
 HARD = tuple(TargetSetting("hard", c) for c in (100, 500, 2000))

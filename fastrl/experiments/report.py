@@ -53,6 +53,15 @@ def _fmt_steps(s: SettingSummary) -> str:
     return "—" if s.steps_to_threshold is None else f"{s.steps_to_threshold:,.0f}"
 
 
+def stacking_note(summaries: list[SettingSummary]) -> list[str]:
+    together = sorted({s.members_in_process for s in summaries if s.members_in_process > 1})
+    if not together:
+        return ["- Every run trained as its own process"]
+    return [f"- Stacked: each task's runs of one batch size (every target setting × seed) trained as the "
+            f"stacked members of one process ({', '.join(map(str, together))} members; `fastrl.members`), "
+            f"so a stacked run's wall s, updates/s and SPS are its process's, shared by its members"]
+
+
 def task_section(task: Task, rows: list[SettingSummary]) -> list[str]:
     lines = [f"## {task.name}", "",
              f"Steps to threshold: the first eval step that starts two consecutive greedy evals with "
@@ -90,8 +99,9 @@ def write_report(path: Path, grid: Grid, summaries: list[SettingSummary], ctx: R
         f"- Date: {ctx.date}; machine: {machine()}; code: fastrl {code_version()}",
         f"- Parallel runs: {ctx.jobs}, torch threads per run: {ctx.threads or 'torch default'}; "
         f"this invocation took {ctx.wall_s / 60:.1f} min ({ctx.reused_runs} of {runs} runs read back from "
-        f"earlier finished runs); the runs' own wall times sum to "
-        f"{sum(s.wall_s * s.seeds for s in summaries) / 60:.1f} min",
+        f"earlier finished runs); the processes' own wall times sum to "
+        f"{sum(s.wall_s * s.seeds / s.members_in_process for s in summaries) / 60:.1f} min",
+        *stacking_note(summaries),
         f"- Grid: {len(tasks)} task(s) × {len(grid.targets)} target settings × {len(grid.batch_sizes)} batch "
         f"sizes × {len(grid.seeds)} seeds = {runs} runs",
         "- Tasks: " + "; ".join(f"{t.algo} {t.env}, {t.total_steps:,} env steps, eval every {t.eval_every:,}"

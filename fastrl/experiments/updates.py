@@ -2,7 +2,10 @@
 
 Trains every (task, target setting, batch size, seed) of a grid through `fastrl.train.train`,
 then writes DIR/report.md, DIR/results.json and DIR/*.png; run folders go under DIR/runs/.
-Re-running with the same settings reads finished runs back instead of training them again.
+For an algorithm with stacked members, each task's runs of one batch size (every target setting ×
+seed) train as one process (`--sweep target=... --num-seeds N`); `--separate` trains each run as
+its own process instead. Re-running with the same settings reads finished runs back instead of
+training them again.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from fastrl.experiments.aggregate import summarize
 from fastrl.experiments.grid import FULL, QUICK, Grid, TargetSetting
 from fastrl.experiments.plots import plot_learning_curves, plot_return_vs_batch, plot_throughput_vs_batch
 from fastrl.experiments.report import RunContext, write_report
-from fastrl.experiments.runner import RunResult, load_results, run_all, save_results
+from fastrl.experiments.runner import Process, RunResult, load_results, run_all, save_results
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--total-steps", type=int, help="env steps per run for every task")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="extra training settings for every run (JSON values), e.g. learning_starts=500")
+    p.add_argument("--separate", action="store_true",
+                   help="train every run as its own process, not as stacked members (to compare the two)")
     p.add_argument("--plan", action="store_true", help="print the plan and exit")
     p.add_argument("--report-only", action="store_true", help="rebuild report and plots from DIR/results.json")
     return p
@@ -87,11 +92,19 @@ def grid_from_args(args: argparse.Namespace) -> tuple[Grid, list[str]]:
     return grid, skipped
 
 
-def describe_plan(grid: Grid, runs_dir: Path, skipped: list[str], jobs: int, threads: int | None) -> str:
+def stackable_algos(separate: bool) -> set[str]:
+    """The algorithms whose runs train as stacked members (none with --separate)."""
+    from fastrl.registry import ALGORITHMS
+
+    return set() if separate else {name for name, algo in ALGORITHMS.items() if algo.build_members is not None}
+
+
+def describe_plan(grid: Grid, processes: list[Process], runs_dir: Path, skipped: list[str], jobs: int,
+                  threads: int | None) -> str:
     specs = grid.runs()
     lines = [f"plan: {len(grid.tasks)} task(s) × {len(grid.targets)} target settings × {len(grid.batch_sizes)} "
-             f"batch sizes × {len(grid.seeds)} seeds = {len(specs)} runs, {jobs} at a time, "
-             f"{threads or 'default'} torch thread(s) each; run folders under {runs_dir}"]
+             f"batch sizes × {len(grid.seeds)} seeds = {len(specs)} runs in {len(processes)} processes, "
+             f"{jobs} at a time, {threads or 'default'} torch thread(s) each; run folders under {runs_dir}"]
     for task in grid.tasks:
         cfg = dataclasses.replace(grid, tasks=(task,)).runs()[0].config(str(runs_dir))
         lines.append(f"  {task.name}: {task.total_steps:,} env steps, {cfg.updates_per_train} updates every "
@@ -124,10 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     if not grid.tasks:
         print("nothing to run: " + ("; ".join(skipped) or "no task matches --algos"), file=sys.stderr)
         return 2
+    processes = grid.processes(stackable_algos(args.separate))
     try:
-        plan = describe_plan(grid, runs_dir, skipped, args.jobs, threads)
-        for spec in grid.runs():  # every run's settings are valid before the first one starts
-            validate(spec.config(str(runs_dir)))
+        plan = describe_plan(grid, processes, runs_dir, skipped, args.jobs, threads)
+        for process in processes:  # every process's settings are valid before the first one starts
+            validate(process.config(str(runs_dir)))
     except ConfigError as exc:
         print(f"python -m fastrl.experiments.updates: error: {exc}", file=sys.stderr)
         return 2
@@ -143,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         results = load_results(out / "results.json")
     else:
-        results = run_all(grid.runs(), runs_dir, args.jobs, threads)
+        results = run_all(processes, runs_dir, args.jobs, threads)
         save_results(out / "results.json", results)
     ctx = RunContext(command=command, date=datetime.now().strftime("%Y-%m-%d %H:%M"), jobs=args.jobs,
                      threads=threads, wall_s=time.perf_counter() - t0, skipped=skipped,
