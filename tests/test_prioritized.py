@@ -191,6 +191,22 @@ def test_only_sampleable_rows_hold_a_priority(backend, n_step):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_new_rows_get_the_largest_priority_ever_reported_not_the_largest_held_now(backend):
+    """Schaul et al.'s p_t = max_{i<t} p_i kept as a running maximum (as baselines does): a later,
+    smaller error of the row that set it does not lower what new rows get."""
+    buf, _ = filled(backend, seed=11, n_step=3, steps=30)
+    row = buf.sampleable_rows()[-1:].clone()  # the newest row: the adds below do not overwrite it
+    buf.update_priorities(row, torch.tensor([9.0]))
+    buf.update_priorities(row, torch.tensor([0.5]))
+    peak = (9.0 + EPS) ** ALPHA
+    assert float(buf.priorities(buf.sampleable_rows()).max()) < peak  # no row holds it any more
+    step = (torch.zeros(4, 3), torch.zeros(4, dtype=torch.int64), torch.zeros(4), torch.zeros(4), np.ones(4, bool))
+    for _ in range(4):  # n_step + 1: the newest sampleable rows are then rows of these steps
+        buf.add(*step)
+    assert torch.all(buf.priorities(buf.sampleable_rows()[-4:]) == peak)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_an_update_for_a_row_dropped_since_its_draw_leaves_it_at_zero(backend):
     buf, _ = filled(backend, seed=7, steps=30)
     drawn = buf.sampleable_rows()[:8].clone()  # the oldest rows: the next add overwrites the first slot
