@@ -33,25 +33,38 @@ if TYPE_CHECKING:
 def seeded_members(configs: list[TrainConfig], in_dim: int, hidden_sizes: tuple[int, ...], out_dim: int,
                    dtype: torch.dtype) -> StackedMLP:
     """A StackedMLP whose member e is initialised as a one-member net built right after
-    `torch.manual_seed(configs[e].seed)` (what a single-agent run of that seed starts from). The
-    global RNG is left as it was."""
-    net = StackedMLP(len(configs), in_dim, hidden_sizes, out_dim, dtype)
+    `torch.manual_seed(configs[e].seed)` (what a single-agent run of that seed starts from)."""
+    return seeded_stacks([c.seed for c in configs], [(1, in_dim, hidden_sizes, out_dim)], dtype)[0]
+
+
+NetShape = tuple[int, int, tuple[int, ...], int]  # rows per member, in, hidden sizes, out
+
+
+def seeded_stacks(seeds: list[int], shapes: list[NetShape], dtype: torch.dtype) -> list[StackedMLP]:
+    """One StackedMLP per shape, of `rows * len(seeds)` members, whose rows [e rows, (e + 1) rows)
+    are initialised as the `rows`-member nets built in `shapes` order right after
+    `torch.manual_seed(seeds[e])` (what a single-agent run of that seed starts from: TD3 builds its
+    actor, then its critics). Seeding the members leaves the global RNG as it was (only making the
+    stacks draws from it)."""
+    nets = [StackedMLP(rows * len(seeds), in_dim, hidden, out_dim, dtype) for rows, in_dim, hidden, out_dim in shapes]
     with torch.random.fork_rng(devices=[]), torch.no_grad():
-        for e, member_cfg in enumerate(configs):
-            torch.manual_seed(member_cfg.seed)
-            one = StackedMLP(1, in_dim, hidden_sizes, out_dim, dtype)
-            for mine, its in zip(net.parameters(), one.parameters(), strict=True):
-                mine[e].copy_(its[0])
-    return net
+        for e, seed in enumerate(seeds):
+            torch.manual_seed(seed)
+            for net, (rows, in_dim, hidden, out_dim) in zip(nets, shapes, strict=True):
+                one = StackedMLP(rows, in_dim, hidden, out_dim, dtype)
+                for mine, its in zip(net.parameters(), one.parameters(), strict=True):
+                    mine[e * rows:(e + 1) * rows].copy_(its)
+    return nets
 
 
 def lr_groups(lrs: list[float], net: StackedMLP) -> list[tuple[float, list[tuple[int, int]]]]:
     """FusedAdam's lr groups for members with their own lrs: per distinct lr (as a factor of the
-    first member's), the ranges of the flat parameter (`flatten_parameters_` order) its members own."""
+    first member's), the ranges of the flat parameter (`flatten_parameters_` order) its members own
+    (a member's rows of a tensor are one range)."""
     ranges: dict[float, list[tuple[int, int]]] = {}
     offset, members = 0, len(lrs)
     for p in net.parameters():
-        each = p[0].numel()
+        each = p.numel() // members
         for e, lr in enumerate(lrs):
             ranges.setdefault(lr, []).append((offset + e * each, offset + (e + 1) * each))
         offset += members * each

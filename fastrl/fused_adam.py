@@ -123,9 +123,10 @@ def clip_grad_norm_(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
 
 
 def clip_grad_norm_members_(grads: list[torch.Tensor], max_norm: torch.Tensor) -> torch.Tensor:
-    """`clip_grad_norm_` for stacked members: every tensor of `grads` is [E, ...], member e's part
-    of it `[e]`. Each member's norm is over its own parts only, and each member's parts are scaled
-    by its own factor (`max_norm` [E]; 0 = no clip for that member). Returns the norms [E].
+    """`clip_grad_norm_` for stacked members: every tensor of `grads` is [E k, ...] (contiguous),
+    member e's part of it rows [e k, (e + 1) k) (k = 1, or TD3's two critics per member). Each
+    member's norm is over its own parts only, and each member's parts are scaled by its own factor
+    (`max_norm` [E]; 0 = no clip for that member). Returns the norms [E].
     Branch-free: a NaN in one member's gradient stays in that member's parts."""
     members = max_norm.shape[0]
     per_tensor = torch.stack([torch.linalg.vector_norm(g.reshape(members, -1), dim=1) for g in grads])
@@ -133,7 +134,7 @@ def clip_grad_norm_members_(grads: list[torch.Tensor], max_norm: torch.Tensor) -
     scale = torch.clamp_max_(torch.reciprocal(norm + 1e-6).mul_(max_norm), 1.0)
     scale = torch.where(max_norm > 0, scale, torch.ones_like(scale))
     for g in grads:
-        g.mul_(scale.view(members, *(1,) * (g.dim() - 1)))
+        g.view(members, -1).mul_(scale.unsqueeze(1))
     return norm
 
 

@@ -5,7 +5,7 @@ Members are the grid points of the sweeps (the first sweep varying slowest) time
 `--seed, --seed + 1, ...`: member `p * N + s` is grid point p with seed `--seed + s`, so every
 grid point trains the same seeds. Member e owns envs [e n, (e + 1) n) of the run's one vector env
 (n = --num-envs), its own replay buffer (`fastrl.member_replay`) and its slice of the stacked
-agent (`fastrl.dqn_members`). Counts such as --total-steps are per member.
+agent (`fastrl.dqn_members`, `fastrl.td3_members`). Counts such as --total-steps are per member.
 
 A member whose metrics turn NaN/Inf is stopped: it is named in a message and in the summary, leaves
 the aggregates, and its weights are no longer checked before a checkpoint; the others train on.
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from fastrl.config import TrainConfig, sweep_grid
+from fastrl.registry import ALGORITHMS
 from fastrl.settings import ConfigError
 
 # Written by every member row of metrics.csv before the metrics.
@@ -61,7 +62,8 @@ def check_members(cfg: TrainConfig, spec: Any, distributed_run: bool, build_memb
     """What a stacked run cannot do (yet). Raises ConfigError."""
     what = "--num-seeds" if cfg.num_seeds > 1 else "--sweep"
     if build_members is None:
-        raise ConfigError(f"{what}: stacked members are available for dqn so far, not --algo {cfg.algo}; run "
+        have = ", ".join(a.name for a in ALGORITHMS.values() if a.build_members is not None)
+        raise ConfigError(f"{what}: stacked members are available for {have} so far, not --algo {cfg.algo}; run "
                           f"its seeds and settings as separate processes")
     if spec.is_image:
         raise ConfigError(f"{what}: stacked members need the MLP Q-net (vector observations); {cfg.env} observes "

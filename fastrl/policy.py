@@ -121,11 +121,17 @@ def policy_from_checkpoint(state: dict[str, Any], device: str | torch.device, fl
     agent = build_agent(spec, dataclasses.replace(cfg, cuda_graph=False), device, False)
     agent_state = dict(state["agent"])
     if agent_state.pop("member_only", False):  # one member's nets: the rest as the fresh agent has it
-        agent_state = {**agent.state_dict(), **agent_state}
+        fresh = agent.state_dict()
+        agent_state = {**fresh, **{k: {**fresh[k], **v} if isinstance(v, dict) else v for k, v in agent_state.items()}}
     if "generator" in agent_state:  # its state is device-specific: act() explores from a fresh, seeded one
         agent_state["generator"] = agent.generator.get_state()
     agent.load_state_dict(agent_state)
     return Policy(spec, cfg, agent, device, int(state["counters"]["env_step"]))
+
+
+# A stacked agent's checkpoint says how its single agent holds each stacked net: {name: (key prefix,
+# rows per member)}. DQN's say nothing: its one-row Q-nets are keyed as the single agent's.
+DQN_MEMBER_NETS = {"q": ("", 1), "q_target": ("", 1)}
 
 
 def member_of(cfg: TrainConfig, state: dict[str, Any], members: list | None, member: int | None,
@@ -139,5 +145,6 @@ def member_of(cfg: TrainConfig, state: dict[str, Any], members: list | None, mem
                           f"run{what}, got {member}")
     one = dataclasses.replace(member_configs(cfg, members)[member], num_seeds=1, sweep=())
     agent_state = state["agent"]
-    nets = {name: {k: v[member: member + 1] for k, v in agent_state[name].items()} for name in ("q", "q_target")}
+    nets = {name: {prefix + k: v[member * rows:(member + 1) * rows] for k, v in agent_state[name].items()}
+            for name, (prefix, rows) in agent_state.get("member_nets", DQN_MEMBER_NETS).items()}
     return one, {**state, "agent": {**nets, "member_only": True, "updates_done": agent_state["updates_done"]}}

@@ -32,6 +32,9 @@ def played_action_entropy(actions: torch.Tensor, discrete: bool, num_actions: in
         p = counts / counts.sum()
         return float(-(p * torch.log(p.clamp_min(1e-300))).sum())
     flat = actions.reshape(-1, actions.shape[-1]).double()
+    flat = flat[torch.isfinite(flat).all(dim=1)]  # a stopped member's NaN actions (`fastrl.members`)
+    if flat.shape[0] == 0:
+        return math.nan
     scaled = (flat - low.double()) / (high.double() - low.double())
     idx = (scaled.clamp(0.0, 1.0) * bins).long().clamp_max(bins - 1)
     entropies = []

@@ -15,12 +15,13 @@ from fastrl.settings import ConfigError
 
 # Settings a member may hold its own value of.
 SWEEPABLE = ("lr", "gamma", "tau", "target_update", "target_period", "max_grad_norm",
-             "eps_start", "eps_end", "eps_fraction")
+             "eps_start", "eps_end", "eps_fraction",
+             "exploration_noise", "policy_noise", "noise_clip", "actor_lr")
 # Settings refused with the advice to run separate processes: they change a tensor's shape or what
 # the loop does at each step, which every member of one process shares.
 SHAPE_SETTINGS = ("batch_size", "hidden_sizes", "num_envs", "buffer_size", "total_steps", "train_every",
                   "updates_per_train", "learning_starts", "n_step", "frame_stack", "env", "algo",
-                  "precision", "device", "prioritized")
+                  "precision", "device", "prioritized", "policy_delay")
 # Sweeps whose every value sets several settings at once (name -> the form of a value). `target`
 # puts target rules side by side, each with its own parameter (a hard member's period, a soft
 # member's τ): a grid of target_update × tau × target_period would also train members that differ

@@ -69,7 +69,8 @@ def make_target_updater(pairs: list[tuple[nn.Module, nn.Module]], kind: str, tau
 
 @dataclass
 class MemberTargetUpdater:
-    """Target updates of stacked members (every tensor [E, ...], member e's part `[e]`), each
+    """Target updates of stacked members (every tensor [E k, ...], member e's part rows
+    [e k, (e + 1) k)), each
     member with its own rule: soft members lerp by their τ every update, hard members copy every
     their own C updates. One lerp per tensor covers both: weight τ_e (soft), 1 or 0 (hard, due or
     not); lerp with weight 1 is an exact copy, with weight 0 leaves the target as it is."""
@@ -98,7 +99,9 @@ class MemberTargetUpdater:
         tensors = self._weights.get(key)
         if tensors is None:
             column = torch.tensor(weight, dtype=self.target[0].dtype, device=self.target[0].device)
-            tensors = [column.view(-1, *(1,) * (t.dim() - 1)) for t in self.target]
+            # A member may own several rows of a tensor (TD3's twin critics): each row its member's weight.
+            tensors = [column.repeat_interleave(t.shape[0] // column.numel()).view(-1, *(1,) * (t.dim() - 1))
+                       for t in self.target]
             if len(self._weights) < 1024:  # patterns of hard periods repeat; never grow without bound
                 self._weights[key] = tensors
         return tensors

@@ -115,14 +115,16 @@ def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q: torch.Ten
 
 def critic_loss(q: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Sum over critics of each critic's mean squared TD error; q is [E, B], target [B]; with
-    `weights` (importance weights, [B]), each critic's weighted mean. In fp32."""
+    `weights` (importance weights, [B]), each critic's weighted mean. In fp32. Stacked members
+    (q [M, E, B], target and weights [M, 1, B]): each member's own sum, [M]."""
     squared = (q.float() - target.float()).square()
-    return (squared if weights is None else squared * weights).mean(dim=1).sum()
+    return (squared if weights is None else squared * weights).mean(dim=-1).sum(dim=-1)
 
 
 def td_abs(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """|TD error| per sample, averaged over the critics: the sample's new priority. In fp32."""
-    return (q.float() - target.float()).abs().mean(dim=0)
+    """|TD error| per sample, averaged over the critics (q [E, B] or, stacked, [M, E, B]): the
+    sample's new priority. In fp32."""
+    return (q.float() - target.float()).abs().mean(dim=-2)
 
 
 Net = Callable[..., torch.Tensor]
@@ -195,7 +197,8 @@ class Actor(nn.Module):
 
 
 def critic_input(obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    return torch.cat((obs.flatten(1), actions), dim=1)
+    """[B, obs + act], or [M, B, obs + act] for stacked members' [M, B, ...] batches."""
+    return torch.cat((obs.flatten(actions.dim() - 1), actions), dim=-1)
 
 
 # --- the update ---
@@ -421,12 +424,22 @@ def build_ddpg(spec: EnvSpec, cfg: TrainConfig, device: torch.device, use_compil
     return _build(spec, cfg, device, use_compile, twin=False)
 
 
+def members_builder(twin: bool) -> Callable[..., object]:
+    """`Algorithm.build_members` of TD3 (`twin`) or DDPG: `fastrl.td3_members`."""
+    def build(spec: EnvSpec, cfg: TrainConfig, members: list[TrainConfig], device: torch.device) -> object:
+        from fastrl.td3_members import build_td3_members  # it imports this module
+
+        return build_td3_members(spec, cfg, members, device, twin)
+
+    return build
+
+
 _NOTES = "--target-period counts actor updates (targets move with the actor)"
 ALGORITHMS = (
     Algorithm("ddpg", discrete=False, build=build_ddpg, section=TD3Settings,
               reads=("exploration_noise", "policy_delay", "actor_lr"), defaults=DDPG_DEFAULTS, presets=PRESETS,
-              check_spec=check_spec, notes=_NOTES),
+              check_spec=check_spec, notes=_NOTES, build_members=members_builder(twin=False)),
     Algorithm("td3", discrete=False, build=build_td3, section=TD3Settings,
               reads=tuple(TD3Settings.__dataclass_fields__), defaults=TD3_DEFAULTS, presets=PRESETS,
-              check_spec=check_spec, notes=_NOTES),
+              check_spec=check_spec, notes=_NOTES, build_members=members_builder(twin=True)),
 )
