@@ -66,7 +66,8 @@ def make_stacked_update(actor: StackedMLP, critic: StackedMLP, actor_target: Sta
     critics = critic.members // members
     first_critics = slice(0, None, critics)  # critic 0 of every member: a view of the layers
     half_width = box_fraction(1.0, low, high)
-    critic_grads = [w.grad for w in critic.weights] + [b.grad for b in critic.biases]  # views of the flat gradient
+    # Views of the flat gradients, written by `backward`, clipped per member.
+    critic_w_grads, critic_b_grads = [w.grad for w in critic.weights], [b.grad for b in critic.biases]
     actor_w_grads, actor_b_grads = [w.grad for w in actor.weights], [b.grad for b in actor.biases]
     clip_actor = bool((max_grad_norm > 0).any())  # without any clip the actor's norms are not needed
 
@@ -95,9 +96,8 @@ def make_stacked_update(actor: StackedMLP, critic: StackedMLP, actor_target: Sta
         if weights is not None:
             metrics["td_abs"] = td_abs(q, target)
             d_q = d_q * member_weights
-        backward(trace, d_q.view(members * critics, batch, 1), critic_grads[:len(critic.weights)],
-                 critic_grads[len(critic.weights):])
-        metrics["grad_norm"] = clip_grad_norm_members_(critic_grads, max_grad_norm)
+        backward(trace, d_q.view(members * critics, batch, 1), critic_w_grads, critic_b_grads)
+        metrics["grad_norm"] = clip_grad_norm_members_(critic_w_grads + critic_b_grads, max_grad_norm)
         critic_opt.step()
         critic.weights_changed()
 

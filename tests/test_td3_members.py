@@ -47,12 +47,15 @@ def singles(configs):
     return agents
 
 
-def random_batch(members, size, seed):
+def random_batch(members, size, seed, weighted=False):
+    """A batch [M, B, ...]; `weighted`: with n-step discounts and importance weights (prioritized)."""
     g = torch.Generator().manual_seed(seed)
     shape = (members, size)
+    extra = (0.99 ** torch.randint(1, 4, shape, generator=g).float(), torch.rand(*shape, generator=g) + 0.5) \
+        if weighted else ()
     return Batch(torch.randn(*shape, 3, generator=g), 4 * torch.rand(*shape, 1, generator=g) - 2,
                  torch.randn(*shape, generator=g), torch.randn(*shape, 3, generator=g),
-                 (torch.rand(*shape, generator=g) < 0.1).float())
+                 (torch.rand(*shape, generator=g) < 0.1).float(), *extra)
 
 
 def parts(net, flat=None):
@@ -123,7 +126,7 @@ def test_stacked_updates_equal_each_members_own_single_agent_updates(case):
         assert all(torch.equal(a, b) for a, b in zip(member_state(stacked, e), single_state(agent), strict=True))
     actor_updates = clipped = 0
     for k in range(6):  # td3: three actor updates (policy_delay 2); ddpg: six
-        batch = random_batch(len(configs), 16, seed=k)
+        batch = random_batch(len(configs), 16, seed=k, weighted=case.endswith("varied"))
         metrics = stacked.update(batch)
         actor_updates += "actor_loss" in metrics
         clipped += sum(float(n) > c.max_grad_norm > 0 for n, c in zip(metrics["grad_norm"], configs))
@@ -141,7 +144,8 @@ def test_stacked_updates_equal_each_members_own_single_agent_updates(case):
         assert stacked.actor_opt.lr * stacked.actor_lrs[e] / stacked.actor_lrs[0] == pytest.approx(agent.actor_opt.lr)
         # The smoothing noise (td3) came from the member's own stream: it stands where the single agent's does.
         assert torch.equal(stacked.generators[e].get_state(), agent.generator.get_state())
-    assert all(v.shape == (len(configs),) for v in metrics.values())  # one value per member
+    assert all(v.shape == (len(configs),) for k, v in metrics.items() if k != "td_abs")  # one value per member
+    assert ("td_abs" in metrics) == case.endswith("varied")
 
 
 @pytest.mark.parametrize("algo", ["td3", "ddpg"])
