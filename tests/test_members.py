@@ -297,7 +297,8 @@ def test_a_nan_in_one_member_stops_that_member_and_the_others_train_on(tmp_path,
     (("--sweep", "target=hard:10,soft:0.1", "--sweep", "tau=0.1,0.2"), "tau is set by both --sweep target and"),
     (("--sweep", "target=hard:10,medium:3"), "target values must each be hard:PERIOD or soft:TAU, got 'medium:3'"),
     (("--sweep", "target=hard:0"), "--sweep: target_period=0"),
-    (("--num-seeds", "2", "--algo", "sac", "--env", "Pendulum-v1"), "available for dqn, ddpg, td3 so far, not --algo sac"),
+    (("--num-seeds", "2", "--algo", "sac", "--env", "Pendulum-v1"),
+     "available for dqn, ddpg, td3 so far, not --algo sac"),
     (("--num-seeds", "0"), "--num-seeds: must be a positive integer"),
 ])
 def test_bad_member_settings_are_one_line_errors(extra, hint, tmp_path, capsys):

@@ -104,7 +104,8 @@ CASES = {
         {"tau": 0.005, "lr": 3e-3, "gamma": 0.99, "max_grad_norm": 0.0, "policy_noise": 0.4, "noise_clip": 0.1},
         {"target_update": "hard", "target_period": 2, "actor_lr": 5e-3, "max_grad_norm": 1e-3, "policy_noise": 0.3},
         {"target_update": "hard", "target_period": 1, "lr": 2e-3, "gamma": 0.95}),
-    "td3-sweep": lambda: members_of("td3", ("max_grad_norm=0,0.5", "policy_noise=0.1,0.4"), 1),
+    "td3-sweep": lambda: members_of("td3", ("target=hard:2,soft:0.2", "max_grad_norm=0,0.5",
+                                            "policy_noise=0.1,0.4"), 1),
     "ddpg-varied": lambda: varied(
         "ddpg", {"tau": 0.2, "lr": 1e-3, "gamma": 0.9, "max_grad_norm": 0.5},
         {"tau": 0.005, "lr": 3e-3, "gamma": 0.99, "max_grad_norm": 0.0, "actor_lr": 1e-3},
