@@ -110,6 +110,17 @@ class MemberBook:
     def live(self) -> list[int]:
         return [m.index for m in self.members if m.index not in self.stopped]
 
+    @staticmethod
+    def stand_in_actions(actions: torch.Tensor, stand_in: torch.Tensor) -> torch.Tensor:
+        """`actions` with every non-finite entry set to `stand_in` (a valid action: the box's
+        middle). A member whose weights went NaN acts on them until the log window stops it, and
+        after that its envs keep stepping with the others': an env need not accept a NaN action.
+        No generator is drawn from, so the live members' streams stay as they were. (A discrete
+        action is an argmax, always a valid index.)"""
+        if not actions.is_floating_point():
+            return actions
+        return torch.where(torch.isfinite(actions), actions, stand_in)
+
     def record_evaluation(self, returns: list[list[float]]) -> None:
         for e, r in enumerate(returns):
             self.eval_returns[e] = r

@@ -356,6 +356,8 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
 
     action_low = torch.tensor(spec.action_low, device=device) if not spec.discrete else None
     action_high = torch.tensor(spec.action_high, device=device) if not spec.discrete else None
+    # What a stacked member's envs are sent in place of a NaN action (`MemberBook.stand_in_actions`).
+    stand_in_action = None if spec.discrete else ((action_low + action_high) / 2).float()
 
     def entropy(played: torch.Tensor) -> float:
         return played_action_entropy(played, spec.discrete, spec.num_actions, action_low, action_high)
@@ -386,6 +388,8 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
                 actions = agent.random_actions(envs.num_envs)
             else:
                 actions = agent.act(obs, env_step)
+            if book is not None and stand_in_action is not None:
+                actions = book.stand_in_actions(actions, stand_in_action)
             envs.send(actions)  # envpool's threads step the envs while the learner trains below
 
             # (len(buffer) only binds after a resume without the buffer, which refills it first.)

@@ -267,9 +267,27 @@ def test_a_nan_in_one_td3_member_stops_that_member_and_the_others_train_on(tmp_p
         return agent, buffer
 
     monkeypatch.setattr(train_mod, "build_learner", poisoned)
+    sent, real_init, real_send = [], train_mod.TorchVecEnv.__init__, train_mod.TorchVecEnv.send
+
+    def init(self, *args, role="train", **kwargs):
+        self.recorded = role == "train"  # the training envs, not the eval envs
+        real_init(self, *args, role=role, **kwargs)
+
+    def send(self, actions):
+        if self.recorded:
+            sent.append(actions.clone())
+        return real_send(self, actions)
+
+    monkeypatch.setattr(train_mod.TorchVecEnv, "__init__", init)
+    monkeypatch.setattr(train_mod.TorchVecEnv, "send", send)
     run = tmp_path / "run"
     assert train_mod.main(tiny_run(run, "td3", "--num-seeds", "3", "--checkpoint-every", "600")) == 0
     assert "member 1 (seed 2): non-finite loss" in capsys.readouterr().err
+    # Member 1's NaN actions reach no env: its envs get the box's middle (Pendulum's 0) instead.
+    assert all(torch.isfinite(a).all() for a in sent)
+    n = sent[-1].shape[0] // 3  # envs per member
+    assert torch.equal(sent[-1][n:2 * n], torch.zeros_like(sent[-1][n:2 * n]))
+    assert sent[-1][:n].abs().sum() > 0 and sent[-1][2 * n:].abs().sum() > 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stopped_members"] == [1] and summary["grid"][0]["seeds"] == [1, 3]
     actor = load_checkpoint(run / "checkpoint.pt")["agent"]["actor"]["weights.0"]
