@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from fastrl.buffer import Batch
 from fastrl.dqn import epsilon_greedy, make_manual_update
@@ -35,23 +36,35 @@ def seeded_members(configs: list[TrainConfig], in_dim: int, hidden_sizes: tuple[
     """A StackedMLP whose member e is initialised as a one-member net built right after
     `torch.manual_seed(configs[e].seed)` (what a single-agent run of that seed starts from). The
     global RNG is left as it was."""
-    net = StackedMLP(len(configs), in_dim, hidden_sizes, out_dim, dtype)
+    return seeded_nets(configs, [(1, in_dim, out_dim)], hidden_sizes, dtype)[0]
+
+
+def seeded_nets(configs: list[TrainConfig], nets: list[tuple[int, int, int]], hidden_sizes: tuple[int, ...],
+                dtype: torch.dtype) -> list[StackedMLP]:
+    """Per agent net (k, in, out), in the order a single agent builds them: a StackedMLP of
+    len(configs)·k members whose rows [e k, (e + 1) k) are the k-member net a single-agent run of
+    `configs[e].seed` builds (all its nets in turn, right after `torch.manual_seed` of that seed).
+    The global RNG is left as it was."""
+    stacks = [StackedMLP(len(configs) * k, in_dim, hidden_sizes, out_dim, dtype) for k, in_dim, out_dim in nets]
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         for e, member_cfg in enumerate(configs):
             torch.manual_seed(member_cfg.seed)
-            one = StackedMLP(1, in_dim, hidden_sizes, out_dim, dtype)
-            for mine, its in zip(net.parameters(), one.parameters(), strict=True):
-                mine[e].copy_(its[0])
-    return net
+            for stack, (k, in_dim, out_dim) in zip(stacks, nets):
+                one = StackedMLP(k, in_dim, hidden_sizes, out_dim, dtype)
+                for mine, its in zip(stack.parameters(), one.parameters(), strict=True):
+                    mine[e * k:(e + 1) * k].copy_(its)
+    return stacks
 
 
-def lr_groups(lrs: list[float], net: StackedMLP) -> list[tuple[float, list[tuple[int, int]]]]:
+def lr_groups(lrs: list[float], net: nn.Module | list[torch.Tensor]) -> list[tuple[float, list[tuple[int, int]]]]:
     """FusedAdam's lr groups for members with their own lrs: per distinct lr (as a factor of the
-    first member's), the ranges of the flat parameter (`flatten_parameters_` order) its members own."""
+    first member's), the ranges of the flat parameter (`flatten_parameters_` order; a module's
+    parameters, or the tensors given) its members own. Member e owns the e-th of len(lrs) equal
+    blocks of every tensor's leading axis (SAC's twin critics: 2 rows a member)."""
     ranges: dict[float, list[tuple[int, int]]] = {}
     offset, members = 0, len(lrs)
-    for p in net.parameters():
-        each = p[0].numel()
+    for p in (net.parameters() if isinstance(net, nn.Module) else net):
+        each = p.numel() // members
         for e, lr in enumerate(lrs):
             ranges.setdefault(lr, []).append((offset + e * each, offset + (e + 1) * each))
         offset += members * each

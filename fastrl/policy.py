@@ -120,8 +120,9 @@ def policy_from_checkpoint(state: dict[str, Any], device: str | torch.device, fl
     # Acting needs neither compilation nor CUDA graphs (which are for the update).
     agent = build_agent(spec, dataclasses.replace(cfg, cuda_graph=False), device, False)
     agent_state = dict(state["agent"])
-    if agent_state.pop("member_only", False):  # one member's nets: the rest as the fresh agent has it
-        agent_state = {**agent.state_dict(), **agent_state}
+    if agent_state.pop("member_only", False):  # one member's nets: the rest as the fresh agent has it,
+        fresh = agent.state_dict()  # a net's entries that are not per member (an actor's action box) too
+        agent_state = {**fresh, **{k: {**fresh[k], **v} if isinstance(v, dict) else v for k, v in agent_state.items()}}
     if "generator" in agent_state:  # its state is device-specific: act() explores from a fresh, seeded one
         agent_state["generator"] = agent.generator.get_state()
     agent.load_state_dict(agent_state)
@@ -139,5 +140,8 @@ def member_of(cfg: TrainConfig, state: dict[str, Any], members: list | None, mem
                           f"run{what}, got {member}")
     one = dataclasses.replace(member_configs(cfg, members)[member], num_seeds=1, sweep=())
     agent_state = state["agent"]
-    nets = {name: {k: v[member: member + 1] for k, v in agent_state[name].items()} for name in ("q", "q_target")}
+    # The stacked nets and each one's rows per member (SAC's twin critics: 2), as the agent saved them.
+    layout = agent_state.get("member_rows", {"q": 1, "q_target": 1})
+    nets = {name: {k: v[member * rows:(member + 1) * rows] for k, v in agent_state[name].items()}
+            for name, rows in layout.items()}
     return one, {**state, "agent": {**nets, "member_only": True, "updates_done": agent_state["updates_done"]}}
