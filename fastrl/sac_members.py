@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from fastrl.buffer import Batch
-from fastrl.dqn_members import lr_groups, seeded_nets
-from fastrl.fused_adam import FusedAdam, clip_grad_norm_members_, flatten_parameters_
+from fastrl.dqn_members import lr_groups, member_generators, member_optimizer, seeded_nets
+from fastrl.fused_adam import FusedAdam, clip_grad_norm_members_
 from fastrl.learner import PRECISIONS, scheduled_lr
 from fastrl.sac import (
     TracedSample, UpdateFn, bounded_log_std, squashed_gaussian_grads, squashed_sample, soft_td_target, traced_sample,
@@ -195,12 +195,6 @@ def make_member_update(actor: StackedMLP, low: torch.Tensor, high: torch.Tensor,
 # --- the agent ---
 
 
-def member_optimizer(net: StackedMLP, lrs: list[float]) -> FusedAdam:
-    """A flat FusedAdam over `net` (one step for one lr; else an lr group per distinct lr)."""
-    flat, flat_grad = flatten_parameters_(net)
-    return FusedAdam([flat], lr=lrs[0], grads=[flat_grad], lr_groups=lr_groups(lrs, net) if len(set(lrs)) > 1 else None)
-
-
 @dataclass
 class StackedSAC:
     spec: EnvSpec
@@ -355,10 +349,6 @@ def build_sac_members(spec: EnvSpec, cfg: TrainConfig, members: list[TrainConfig
     per_row = [c for c in members for _ in range(CRITICS)]  # each member's rule for both its critics
     targets = make_member_target_updater(critic, critic_target, [c.target_update for c in per_row],
                                          [c.tau for c in per_row], [c.target_period for c in per_row])
-    generators = []
-    for c in members:
-        g = torch.Generator(device=device)
-        g.manual_seed(c.seed + 1)  # as the single agent of that seed seeds its own
-        generators.append(g)
     return StackedSAC(spec, cfg, members, actor, low, high, critic, critic_target, critic_opt, actor_opt,
-                      temperature, targets, update_fn, generators, device, planned_updates(cfg), lrs, actor_lrs)
+                      temperature, targets, update_fn, member_generators(members, 1, device), device,
+                      planned_updates(cfg), lrs, actor_lrs)
