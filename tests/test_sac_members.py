@@ -41,12 +41,15 @@ def singles(configs):
     return agents
 
 
-def random_batch(members, size, seed):
+def random_batch(members, size, seed, replay_extras=False):
+    """A batch [M, B, ...]; with `replay_extras`, n-step discounts and importance weights too."""
     g = torch.Generator().manual_seed(seed)
     shape = (members, size)
+    extras = (0.9 ** torch.randint(1, 4, shape, generator=g).float(), torch.rand(*shape, generator=g) + 0.5) \
+        if replay_extras else ()
     return Batch(torch.randn(*shape, 3, generator=g), 4 * torch.rand(*shape, 1, generator=g) - 2,
                  torch.randn(*shape, generator=g), torch.randn(*shape, 3, generator=g),
-                 (torch.rand(*shape, generator=g) < 0.1).float())
+                 (torch.rand(*shape, generator=g) < 0.1).float(), *extras)
 
 
 def views(moment, net):
@@ -78,29 +81,41 @@ def single_state(agent):
     return out
 
 
-# Clipping on for some members (a tight norm, so it binds), off for others; soft and hard targets.
-FIXED = ("alpha=0.05,0.3", "tau=0.01,0.2", "lr=1e-3,3e-3", "gamma=0.9,0.99", "max_grad_norm=0,0.5")
-TUNED = ("target_update=soft,hard", "lr=1e-3,3e-3", "gamma=0.9,0.99", "max_grad_norm=0.5,0")
+def own_settings(cfg, *members):
+    """Member configs with their own settings each (what a grid of sweeps gives, without the grid)."""
+    return [dataclasses.replace(cfg, seed=cfg.seed + e, **m) for e, m in enumerate(members)]
 
 
-@pytest.mark.parametrize("sweeps,seeds,extra", [
-    ((), 3, {"max_grad_norm": 0.5}),
-    (FIXED, 1, {}),
-    (TUNED, 1, {"target_period": 2, "policy_delay": 2}),
-], ids=["seeds-tuned", "grid-fixed-alpha", "grid-tuned-alpha"])
-def test_stacked_updates_equal_each_members_own_single_agent_updates(sweeps, seeds, extra):
-    cfg, configs = members_of(sweeps, seeds, **extra)
+# Every member differs from the others in every per-member setting at once; the clip is tight
+# enough to bind where it is on, and off (0) for one member.
+FIXED = ({"alpha": 0.05, "tau": 0.01, "lr": 1e-3, "gamma": 0.9, "max_grad_norm": 0.5},
+         {"alpha": 0.3, "tau": 0.2, "lr": 3e-3, "gamma": 0.99, "max_grad_norm": 0.0},
+         {"alpha": 0.1, "target_update": "hard", "target_period": 2, "lr": 1e-3, "gamma": 0.95, "max_grad_norm": 1.0})
+TUNED = ({"target_update": "hard", "target_period": 2, "lr": 1e-3, "gamma": 0.9, "max_grad_norm": 0.5},
+         {"tau": 0.2, "lr": 3e-3, "gamma": 0.99, "max_grad_norm": 0.0},
+         {"target_update": "hard", "target_period": 3, "lr": 2e-3, "gamma": 0.95, "max_grad_norm": 1.0})
+
+
+@pytest.mark.parametrize("members,extra,replay_extras", [
+    (({}, {}, {}), {"max_grad_norm": 0.5}, False),
+    (FIXED, {}, False),
+    (TUNED, {"policy_delay": 2}, False),
+    (({"lr": 1e-3}, {"lr": 3e-3}), {"max_grad_norm": 0.5}, True),
+], ids=["seeds", "fixed-alpha", "tuned-alpha", "weighted-n-step"])
+def test_stacked_updates_equal_each_members_own_single_agent_updates(members, extra, replay_extras):
+    cfg = resolve({**SMALL, "num_seeds": len(members), **extra})
+    configs = own_settings(cfg, *members)
     stacked, alone = build_sac_members(SPEC, cfg, configs, CPU), singles(configs)
-    assert (stacked.temperature.log_alpha is None) == ("alpha=0.05,0.3" in sweeps)
+    assert (stacked.temperature.log_alpha is None) == (members is FIXED)
     for e, agent in enumerate(alone):  # same start: member e's weights are its seed's
         assert all(torch.equal(a, b) for a, b in zip(member_state(stacked, e), single_state(agent), strict=True))
     clipped = set()
     for k in range(5):  # past two hard-update periods, actor updates and critic-only ones
-        batch = random_batch(len(configs), 16, seed=k)
+        batch = random_batch(len(configs), 16, seed=k, replay_extras=replay_extras)
         metrics = stacked.update(batch)
         for e, agent in enumerate(alone):
             own = agent.update(batch[e])
-            assert set(own) == set(metrics)
+            assert set(own) == set(metrics) and ("td_abs" in own) == replay_extras
             for name, value in own.items():
                 assert torch.allclose(metrics[name][e], value, rtol=1e-4, atol=1e-5), (name, e, k)
             if configs[e].max_grad_norm and own["grad_norm"] > configs[e].max_grad_norm:
@@ -110,6 +125,14 @@ def test_stacked_updates_equal_each_members_own_single_agent_updates(sweeps, see
         for mine, its in zip(member_state(stacked, e), single_state(agent), strict=True):
             assert torch.allclose(mine, its, rtol=1e-4, atol=1e-6), e
         assert stacked.current_lr()[e] == pytest.approx(agent.current_lr())
+
+
+def test_a_swept_alpha_fixes_each_members_own_alpha():
+    cfg, configs = members_of(("alpha=0.1,0.2",), 2)
+    stacked = build_sac_members(SPEC, cfg, configs, CPU)
+    assert stacked.temperature.log_alpha is None
+    assert stacked.temperature.value().tolist() == pytest.approx([0.1, 0.1, 0.2, 0.2])
+    assert stacked.update(random_batch(4, 16, seed=0))["alpha"].tolist() == pytest.approx([0.1, 0.1, 0.2, 0.2])
 
 
 def test_noise_comes_from_each_members_own_generator():
