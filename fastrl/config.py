@@ -307,10 +307,11 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.checkpoint_every and cfg.checkpoint_every < cfg.num_envs:
         raise ConfigError(f"--checkpoint-every: must be 0 (end only) or at least --num-envs {cfg.num_envs} "
                           f"(one vector step), got {cfg.checkpoint_every}")
-    sweep_grid(cfg)  # each swept value passes its setting's own check
+    points = sweep_grid(cfg)  # each swept value passes its setting's own check
     algo = ALGORITHMS[cfg.algo]
     if algo.validate is not None:
-        algo.validate(cfg)
+        for point in points:  # every member's settings: a swept value may clash with a given one
+            algo.validate(dataclasses.replace(cfg, **point))
 
 
 def sweep_grid(cfg: TrainConfig) -> list[dict[str, Any]]:

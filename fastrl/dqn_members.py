@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from fastrl.buffer import Batch
 from fastrl.dqn import epsilon_greedy, make_manual_update
@@ -57,18 +58,36 @@ def seeded_stacks(seeds: list[int], shapes: list[NetShape], dtype: torch.dtype) 
     return nets
 
 
-def lr_groups(lrs: list[float], net: StackedMLP) -> list[tuple[float, list[tuple[int, int]]]]:
+def lr_groups(lrs: list[float], net: nn.Module | list[torch.Tensor]) -> list[tuple[float, list[tuple[int, int]]]]:
     """FusedAdam's lr groups for members with their own lrs: per distinct lr (as a factor of the
-    first member's), the ranges of the flat parameter (`flatten_parameters_` order) its members own
-    (a member's rows of a tensor are one range)."""
+    first member's), the ranges of the flat parameter (`flatten_parameters_` order; a module's
+    parameters, or the tensors given) its members own. Member e owns the e-th of len(lrs) equal
+    blocks of every tensor's leading axis (a member's rows of it: TD3's and SAC's twin critics 2)."""
     ranges: dict[float, list[tuple[int, int]]] = {}
     offset, members = 0, len(lrs)
-    for p in net.parameters():
+    for p in (net.parameters() if isinstance(net, nn.Module) else net):
         each = p.numel() // members
         for e, lr in enumerate(lrs):
             ranges.setdefault(lr, []).append((offset + e * each, offset + (e + 1) * each))
         offset += members * each
     return [(lr / lrs[0], spans) for lr, spans in ranges.items()]
+
+
+def member_optimizer(net: StackedMLP, lrs: list[float]) -> FusedAdam:
+    """FusedAdam over `net`'s flattened parameters, member e's at lr `lrs[e]`: one fused step for
+    one lr, else one per distinct lr over its members' parts (`lr_groups`)."""
+    flat, flat_grad = flatten_parameters_(net)
+    return FusedAdam([flat], lr=lrs[0], grads=[flat_grad], lr_groups=lr_groups(lrs, net) if len(set(lrs)) > 1 else None)
+
+
+def member_generators(members: list[TrainConfig], offset: int, device: torch.device) -> list[torch.Generator]:
+    """A generator per member, seeded `seed + offset` as the single agent of that seed seeds its own."""
+    made = []
+    for c in members:
+        g = torch.Generator(device=device)
+        g.manual_seed(c.seed + offset)
+        made.append(g)
+    return made
 
 
 @dataclass
@@ -173,24 +192,13 @@ def build_dqn_members(spec: EnvSpec, cfg: TrainConfig, members: list[TrainConfig
     dtype = PRECISIONS[cfg.precision]
     q = seeded_members(members, math.prod(spec.obs_shape), cfg.hidden_sizes, spec.num_actions, dtype).to(device)
     q_target = copy.deepcopy(q).requires_grad_(False)
-    flat, flat_grad = flatten_parameters_(q)
     lrs = [c.lr for c in members]
-    # One lr for all: one fused step; else one per distinct lr, over its members' parts.
-    groups = lr_groups(lrs, q) if len(set(lrs)) > 1 else None
-    optimizer = FusedAdam([flat], lr=lrs[0], grads=[flat_grad], lr_groups=groups)
+    optimizer = member_optimizer(q, lrs)
     gamma = torch.tensor([c.gamma for c in members], device=device).unsqueeze(1)
     max_norm = torch.tensor([c.max_grad_norm for c in members], device=device)
     update_fn = make_manual_update(q, q_target, optimizer, gamma, cfg.double_dqn, cfg.loss, max_norm)
     targets = make_member_target_updater(q, q_target, [c.target_update for c in members], [c.tau for c in members],
                                          [c.target_period for c in members])
-
-    def generators(offset: int) -> list[torch.Generator]:
-        made = []
-        for c in members:
-            g = torch.Generator(device=device)
-            g.manual_seed(c.seed + offset)  # as the single agent of that seed seeds its own
-            made.append(g)
-        return made
-
-    return StackedDQN(spec, cfg, members, q, q_target, optimizer, targets, update_fn, generators(1), generators(2),
+    return StackedDQN(spec, cfg, members, q, q_target, optimizer, targets, update_fn,
+                      member_generators(members, 1, device), member_generators(members, 2, device),
                       device, planned_updates(cfg), lrs)

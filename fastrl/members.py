@@ -5,7 +5,7 @@ Members are the grid points of the sweeps (the first sweep varying slowest) time
 `--seed, --seed + 1, ...`: member `p * N + s` is grid point p with seed `--seed + s`, so every
 grid point trains the same seeds. Member e owns envs [e n, (e + 1) n) of the run's one vector env
 (n = --num-envs), its own replay buffer (`fastrl.member_replay`) and its slice of the stacked
-agent (`fastrl.dqn_members`, `fastrl.td3_members`). Counts such as --total-steps are per member.
+agent (`fastrl.dqn_members`, `fastrl.td3_members`, `fastrl.sac_members`). Counts such as --total-steps are per member.
 
 A member whose metrics turn NaN/Inf is stopped: it is named in a message and in the summary, leaves
 the aggregates, and its weights are no longer checked before a checkpoint; the others train on.
@@ -62,7 +62,7 @@ def check_members(cfg: TrainConfig, spec: Any, distributed_run: bool, build_memb
     """What a stacked run cannot do (yet). Raises ConfigError."""
     what = "--num-seeds" if cfg.num_seeds > 1 else "--sweep"
     if build_members is None:
-        have = ", ".join(a.name for a in ALGORITHMS.values() if a.build_members is not None)
+        have = ", ".join(sorted(a.name for a in ALGORITHMS.values() if a.build_members is not None))
         raise ConfigError(f"{what}: stacked members are available for {have} so far, not --algo {cfg.algo}; run "
                           f"its seeds and settings as separate processes")
     if spec.is_image:

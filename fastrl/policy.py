@@ -120,8 +120,8 @@ def policy_from_checkpoint(state: dict[str, Any], device: str | torch.device, fl
     # Acting needs neither compilation nor CUDA graphs (which are for the update).
     agent = build_agent(spec, dataclasses.replace(cfg, cuda_graph=False), device, False)
     agent_state = dict(state["agent"])
-    if agent_state.pop("member_only", False):  # one member's nets: the rest as the fresh agent has it
-        fresh = agent.state_dict()
+    if agent_state.pop("member_only", False):  # one member's nets: the rest as the fresh agent has it,
+        fresh = agent.state_dict()  # a net's entries that are not per member (an actor's action box) too
         agent_state = {**fresh, **{k: {**fresh[k], **v} if isinstance(v, dict) else v for k, v in agent_state.items()}}
     if "generator" in agent_state:  # its state is device-specific: act() explores from a fresh, seeded one
         agent_state["generator"] = agent.generator.get_state()

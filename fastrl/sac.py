@@ -194,10 +194,24 @@ class TracedSample:
     trace: Trace
 
     def rows(self, rows: slice) -> TracedSample:
-        """Samples `rows` only (views: the trace's activations are [1, B, features], so a block of
-        rows is still one contiguous block for the backward's products)."""
-        return TracedSample(self.action[rows], self.log_prob[rows], self.unit[rows], self.scaled_noise[rows],
-                            self.raw_log_std[rows], Trace([x[:, rows] for x in self.trace.inputs], self.trace.weights))
+        """Samples `rows` only, of every member where the fields carry a leading member axis
+        (views: the trace's activations are [E, B, features], so with one member a block of rows is
+        still one contiguous block for the backward's products)."""
+        return TracedSample(self.action[..., rows, :], self.log_prob[..., rows], self.unit[..., rows, :],
+                            self.scaled_noise[..., rows, :], self.raw_log_std[..., rows, :],
+                            Trace([x[:, rows] for x in self.trace.inputs], self.trace.weights))
+
+
+def traced_sample(out: torch.Tensor, trace: Trace, noise: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
+                  log_half_width: torch.Tensor) -> TracedSample:
+    """The squashed-Gaussian sample of an actor net's output `out` (μ then raw log σ, [..., B, 2A])
+    at `noise` ε ([..., B, A]), with what the actor's backward needs; `trace` is the forward's."""
+    action_dim = noise.shape[-1]
+    mean, raw = out[..., :action_dim], out[..., action_dim:]
+    log_std = bounded_log_std(raw)
+    pre, unit = squashed_sample(mean, log_std, noise)
+    log_prob = squashed_log_prob(noise, log_std, pre, log_half_width)
+    return TracedSample(to_box(unit, low, high), log_prob, unit, pre - mean, raw, trace)
 
 
 class GaussianActor(nn.Module):
@@ -231,11 +245,7 @@ class GaussianActor(nn.Module):
         """`sample` through the hand-written path's forward (`forward_traced`, in the net's compute
         dtype), keeping what the actor's backward needs."""
         out, trace = self.net.forward_traced(obs.flatten(1))
-        mean, raw = out[0, :, :self.action_dim], out[0, :, self.action_dim:]
-        log_std = bounded_log_std(raw)
-        pre, unit = squashed_sample(mean, log_std, noise)
-        log_prob = squashed_log_prob(noise, log_std, pre, self.log_half_width)
-        return TracedSample(to_box(unit, self.low, self.high), log_prob, unit, pre - mean, raw, trace)
+        return traced_sample(out[0], trace, noise, self.low, self.high, self.log_half_width)
 
     def act(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """A sampled env action through the 2-D acting path (`StackedMLP.forward_one`)."""
@@ -559,6 +569,12 @@ def validate(cfg: Any) -> None:
                 raise ConfigError(f"--{name.replace('_', '-')}: only used when α is tuned; drop it or --alpha")
 
 
+def build_sac_members(spec: EnvSpec, cfg: TrainConfig, members: list[TrainConfig], device: torch.device) -> Any:
+    from fastrl.sac_members import build_sac_members as build  # it imports this module
+
+    return build(spec, cfg, members, device)
+
+
 ALGORITHM = Algorithm(
     name="sac", discrete=False, build=build_sac, section=SACSettings,
     reads=("alpha", "target_entropy", "alpha_lr", "policy_delay", "actor_lr"),
@@ -566,5 +582,6 @@ ALGORITHM = Algorithm(
     notes=("the critic target moves after every critic update, so --target-period (hard targets) counts "
            "critic updates; --policy-delay D steps the actor and α every D critic updates; α is tuned toward "
            "--target-entropy unless --alpha fixes it"),
+    build_members=build_sac_members,
 )
 ALGORITHMS = (ALGORITHM,)

@@ -16,7 +16,7 @@ from fastrl.settings import ConfigError
 # Settings a member may hold its own value of.
 SWEEPABLE = ("lr", "gamma", "tau", "target_update", "target_period", "max_grad_norm",
              "eps_start", "eps_end", "eps_fraction",
-             "exploration_noise", "policy_noise", "noise_clip", "actor_lr")
+             "exploration_noise", "policy_noise", "noise_clip", "actor_lr", "alpha")
 # Settings refused with the advice to run separate processes: they change a tensor's shape or what
 # the loop does at each step, which every member of one process shares.
 SHAPE_SETTINGS = ("batch_size", "hidden_sizes", "num_envs", "buffer_size", "total_steps", "train_every",

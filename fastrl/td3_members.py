@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from fastrl.buffer import Batch
-from fastrl.dqn_members import lr_groups, seeded_stacks
-from fastrl.fused_adam import FusedAdam, clip_grad_norm_members_, flatten_parameters_
+from fastrl.dqn_members import member_generators, member_optimizer, seeded_stacks
+from fastrl.fused_adam import FusedAdam, clip_grad_norm_members_
 from fastrl.learner import PRECISIONS, scheduled_lr
 from fastrl.schedules import planned_updates
 from fastrl.stacked_mlp import StackedMLP, Trace, backward
@@ -251,13 +251,7 @@ def build_td3_members(spec: EnvSpec, cfg: TrainConfig, members: list[TrainConfig
     critic_lrs = [c.lr for c in members]
     actor_lrs = [c.actor_lr or c.lr for c in members]
 
-    def optimizer(net: StackedMLP, lrs: list[float]) -> FusedAdam:
-        flat, flat_grad = flatten_parameters_(net)
-        # One lr for all: one fused step; else one per distinct lr, over its members' parts.
-        return FusedAdam([flat], lr=lrs[0], grads=[flat_grad], lr_groups=lr_groups(lrs, net) if len(set(lrs)) > 1
-                         else None)
-
-    critic_opt, actor_opt = optimizer(critic, critic_lrs), optimizer(actor, actor_lrs)
+    critic_opt, actor_opt = member_optimizer(critic, critic_lrs), member_optimizer(actor, actor_lrs)
 
     def noise(name: str) -> torch.Tensor:  # a fraction of the box's half-width per member, [M, 1, act]
         return box_fraction(member_column([getattr(c, name) for c in members], device, 3), low, high)
@@ -268,11 +262,6 @@ def build_td3_members(spec: EnvSpec, cfg: TrainConfig, members: list[TrainConfig
     rules = ([c.target_update for c in members], [c.tau for c in members], [c.target_period for c in members])
     targets = [make_member_target_updater(actor, actor_target, *rules),
                make_member_target_updater(critic, critic_target, *rules)]
-    generators = []
-    for c in members:
-        g = torch.Generator(device=device)
-        g.manual_seed(c.seed + 1)  # as the single agent of that seed seeds its own
-        generators.append(g)
     return StackedTD3(spec, cfg, members, actor, critic, actor_target, critic_target, critic_opt, actor_opt, targets,
-                      update_fn, twin, generators, device, planned_updates(cfg), critic_lrs, actor_lrs, low, high,
+                      update_fn, twin, member_generators(members, 1, device), device, planned_updates(cfg), critic_lrs, actor_lrs, low, high,
                       noise("exploration_noise"))

@@ -20,7 +20,7 @@ from fastrl.dqn_members import build_dqn_members
 from fastrl.envs import lookup_spec
 from fastrl.fused_adam import clip_grad_norm_members_
 from fastrl.member_replay import MemberReplay
-from fastrl.members import iqm, member_configs, plan_members
+from fastrl.members import check_members, iqm, member_configs, plan_members
 from fastrl.runlog import read_metrics
 from tests.test_resume import read_rows, sigint_after_first_checkpoint, tensors
 
@@ -297,14 +297,19 @@ def test_a_nan_in_one_member_stops_that_member_and_the_others_train_on(tmp_path,
     (("--sweep", "target=hard:10,soft:0.1", "--sweep", "tau=0.1,0.2"), "tau is set by both --sweep target and"),
     (("--sweep", "target=hard:10,medium:3"), "target values must each be hard:PERIOD or soft:TAU, got 'medium:3'"),
     (("--sweep", "target=hard:0"), "--sweep: target_period=0"),
-    (("--num-seeds", "2", "--algo", "sac", "--env", "Pendulum-v1"),
-     "available for dqn, ddpg, td3 so far, not --algo sac"),
     (("--num-seeds", "0"), "--num-seeds: must be a positive integer"),
 ])
 def test_bad_member_settings_are_one_line_errors(extra, hint, tmp_path, capsys):
     assert train_mod.main(tiny_run(tmp_path / "run", *extra)) == 2
     err = capsys.readouterr().err.strip()
     assert hint in err and len(err.splitlines()) == 1, err
+
+
+def test_an_algorithm_without_stacked_members_is_refused_by_name():
+    cfg = resolve({**SMALL, "num_seeds": 2})
+    with pytest.raises(ConfigError, match=r"--num-seeds: stacked members are available for ddpg, dqn, sac, td3 so "
+                                          r"far, not --algo dqn; run its seeds and settings as separate processes"):
+        check_members(cfg, lookup_spec("CartPole-v1"), False, None)
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused-kernel", "public-fallback"])
