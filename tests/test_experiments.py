@@ -90,6 +90,7 @@ def test_tiny_experiment_end_to_end_and_resume(tmp_path, capsys):
     # One stacked process per batch size, its members the two target settings.
     runs = sorted((tmp_path / "runs").iterdir())
     assert [r.name for r in runs] == ["dqn-CartPole-v1-b16-s1-hard20_soft0.05", "dqn-CartPole-v1-b32-s1-hard20_soft0.05"]
+    assert json.loads((runs[0] / "config.json").read_text())["threads"] == torch.get_num_threads()  # --threads
     members = json.loads((runs[0] / "summary.json").read_text())["members"]
     assert [m["settings"] for m in members] == [{"target_update": "hard", "target_period": 20},
                                                 {"target_update": "soft", "tau": 0.05}]

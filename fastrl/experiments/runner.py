@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 
 import numpy as np
 
@@ -130,9 +129,11 @@ def run_one(process: Process, runs_dir: str, threads: int | None) -> list[RunRes
     """Train one process (or read back its finished twin). Runs in a worker process."""
     from fastrl.train import check_setup, train
 
-    if threads:
-        torch.set_num_threads(threads)
     cfg = process.config(runs_dir)
+    if threads:
+        # In the run's own settings: train() sets its threads from them, and --threads 0 (auto)
+        # would give a batch-256+ run every core, two OpenMP pools per core with --jobs 2.
+        cfg = dataclasses.replace(cfg, threads=threads)
     previous = finished_summary(Path(cfg.run_dir), cfg.to_json())
     if previous is not None:
         return results_of(process, previous, reused=True)
