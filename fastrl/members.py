@@ -5,7 +5,8 @@ Members are the grid points of the sweeps (the first sweep varying slowest) time
 `--seed, --seed + 1, ...`: member `p * N + s` is grid point p with seed `--seed + s`, so every
 grid point trains the same seeds. Member e owns envs [e n, (e + 1) n) of the run's one vector env
 (n = --num-envs), its own replay buffer (`fastrl.member_replay`) and its slice of the stacked
-agent (`fastrl.dqn_members`, `fastrl.td3_members`, `fastrl.sac_members`). Counts such as --total-steps are per member.
+agent (`fastrl.dqn_members`, `fastrl.td3_members`, `fastrl.sac_members`). Counts such as
+--total-steps are per member.
 
 A member whose metrics turn NaN/Inf is stopped: it is named in a message and in the summary, leaves
 the aggregates, and its weights are no longer checked before a checkpoint; the others train on.
