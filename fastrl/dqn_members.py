@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -88,6 +89,19 @@ def member_generators(members: list[TrainConfig], offset: int, device: torch.dev
         g.manual_seed(c.seed + offset)
         made.append(g)
     return made
+
+
+def member_draws(draw: Callable[..., torch.Tensor], generators: list[torch.Generator], shape: tuple[int, ...],
+                 device: torch.device) -> torch.Tensor:
+    """[M, *shape] of `draw` (torch.rand or torch.randn), member m's from its own generator."""
+    return torch.stack([draw(shape, generator=g, device=device) for g in generators])
+
+
+def uniform_box_actions(generators: list[torch.Generator], low: torch.Tensor, high: torch.Tensor, n: int,
+                        device: torch.device) -> torch.Tensor:
+    """n uniform actions in the box [low, high] ([n, act]), n / M from each member's generator."""
+    unit = member_draws(torch.rand, generators, (n // len(generators), low.numel()), device)
+    return (low + (high - low) * unit).reshape(n, -1)
 
 
 @dataclass

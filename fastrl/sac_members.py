@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from fastrl.buffer import Batch
-from fastrl.dqn_members import lr_groups, member_generators, member_optimizer, seeded_stacks
+from fastrl.dqn_members import (
+    lr_groups, member_draws, member_generators, member_optimizer, seeded_stacks, uniform_box_actions,
+)
 from fastrl.fused_adam import FusedAdam, clip_grad_norm_members_
 from fastrl.learner import PRECISIONS, scheduled_lr
 from fastrl.sac import (
@@ -230,14 +232,12 @@ class StackedSAC:
     def exploration(self, env_step: int) -> dict[str, list[float]]:
         return {}  # exploration is each policy's own sampling; α reaches the log through the metrics
 
-    def _each(self, draw: str, shape: tuple[int, ...]) -> torch.Tensor:
-        """One draw of `shape` from every member's generator, stacked: [M, *shape]."""
-        fn = torch.randn if draw == "normal" else torch.rand
-        return torch.stack([fn(shape, generator=g, device=self.device) for g in self.generators])
+    def _normal(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """Standard normals of `shape` from every member's generator, stacked: [M, *shape]."""
+        return member_draws(torch.randn, self.generators, shape, self.device)
 
     def random_actions(self, n: int) -> torch.Tensor:
-        unit = self._each("uniform", (n // self.num_members, self.low.numel()))
-        return (self.low + (self.high - self.low) * unit).reshape(n, -1)
+        return uniform_box_actions(self.generators, self.low, self.high, n, self.device)
 
     def _policy(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every member's (μ, log σ) at its own envs' observations, [M, n, A] each."""
@@ -248,7 +248,7 @@ class StackedSAC:
     @torch.no_grad()
     def act(self, obs: torch.Tensor, env_step: int) -> torch.Tensor:
         mean, log_std = self._policy(obs)
-        unit = squashed_sample(mean, log_std, self._each("normal", tuple(mean.shape[1:])))[1]
+        unit = squashed_sample(mean, log_std, self._normal(tuple(mean.shape[1:])))[1]
         return to_box(unit, self.low, self.high).reshape(obs.shape[0], -1)
 
     @torch.no_grad()
@@ -273,9 +273,9 @@ class StackedSAC:
         update_actor = (self.updates_done + 1) % self.cfg.policy_delay == 0
         shape = tuple(batch.actions.shape[1:])
         if update_actor:  # one draw a member for both samples, as the single agent
-            next_noise, noise = self._each("normal", (2, *shape)).unbind(1)
+            next_noise, noise = self._normal((2, *shape)).unbind(1)
         else:
-            next_noise, noise = self._each("normal", shape), None
+            next_noise, noise = self._normal(shape), None
         metrics = self.update_fn(batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminated,
                                  next_noise, noise, update_actor, batch.discount, batch.weights)
         self.updates_done += 1

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from fastrl.buffer import Batch
-from fastrl.dqn_members import member_generators, member_optimizer, seeded_stacks
+from fastrl.dqn_members import (
+    member_draws, member_generators, member_optimizer, seeded_stacks, uniform_box_actions,
+)
 from fastrl.fused_adam import FusedAdam, clip_grad_norm_members_
 from fastrl.learner import PRECISIONS, scheduled_lr
 from fastrl.schedules import planned_updates
@@ -159,9 +160,6 @@ class StackedTD3:
     def exploration(self, env_step: int) -> dict[str, list[float]]:
         return {"exploration_noise": [c.exploration_noise for c in self.members]}
 
-    def _per_member(self, obs: torch.Tensor) -> torch.Tensor:
-        return obs.reshape(self.num_members, obs.shape[0] // self.num_members, *obs.shape[1:])
-
     def _policy(self, obs: torch.Tensor) -> torch.Tensor:
         """μ(s) [M, n, act] of observations [M n, ...]; in fp32 weights, as the single agent acts
         (`Actor.act`)."""
@@ -172,16 +170,16 @@ class StackedTD3:
     def greedy(self, obs: torch.Tensor) -> torch.Tensor:
         return self._policy(obs).reshape(obs.shape[0], -1)
 
-    def _draws(self, draw: Callable[..., torch.Tensor], each: int) -> torch.Tensor:
-        """[M, each, act] of `draw` (torch.rand or torch.randn), member m's from its own generator."""
-        return torch.stack([draw((each, self.low.numel()), generator=g, device=self.device) for g in self.generators])
+    def _normal(self, each: int) -> torch.Tensor:
+        """[M, each, act] standard normals, member m's from its own generator."""
+        return member_draws(torch.randn, self.generators, (each, self.low.numel()), self.device)
 
     def random_actions(self, n: int) -> torch.Tensor:
-        return (self.low + (self.high - self.low) * self._draws(torch.rand, n // self.num_members)).reshape(n, -1)
+        return uniform_box_actions(self.generators, self.low, self.high, n, self.device)
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, env_step: int) -> torch.Tensor:
-        normal = self._draws(torch.randn, obs.shape[0] // self.num_members)
+        normal = self._normal(obs.shape[0] // self.num_members)
         return explore(self._policy(obs), normal, self.explore_std, self.low, self.high).reshape(obs.shape[0], -1)
 
     # --- learning ---
@@ -191,7 +189,7 @@ class StackedTD3:
         self.critic_opt.lr = self.critic_lrs[0] * factor  # lr groups scale it per member
         self.actor_opt.lr = self.actor_lrs[0] * factor
         update_actor = (self.updates_done + 1) % self.cfg.policy_delay == 0
-        normal = self._draws(torch.randn, batch.actions.shape[1]) if self.smoothing else None
+        normal = self._normal(batch.actions.shape[1]) if self.smoothing else None
         metrics = self.update_fn(batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminated, normal,
                                  update_actor, batch.discount, batch.weights)
         self.updates_done += 1

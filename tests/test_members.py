@@ -236,26 +236,27 @@ def test_a_target_sweep_puts_each_rule_beside_the_others_with_its_own_parameter(
     assert last["0"]["sweep_target_period"] == "50" and last["1"]["sweep_tau"] == "0.02"
 
 
-def test_a_stacked_run_resumes_exactly(tmp_path, monkeypatch):
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    args = ("--num-seeds", "2", "--sweep", "gamma=0.9,0.99", "--checkpoint-every", "600", "--checkpoint-buffer")
-    assert train_mod.main(tiny_run(straight, *args)) == 0
+def interrupted_and_resumed(monkeypatch, straight, resumed, argv, first_save):
+    """Train `argv(straight)` straight through, and `argv(resumed)` stopped by SIGINT after its
+    first checkpoint (at env step `first_save`) and resumed; assert their final agents and
+    buffers are bit-equal, and return both checkpoints."""
+    assert train_mod.main(argv(straight)) == 0
     with monkeypatch.context() as patch:
         saves = sigint_after_first_checkpoint(patch)
-        assert train_mod.main(tiny_run(resumed, *args)) == 130
-    assert saves == [600]
+        assert train_mod.main(argv(resumed)) == 130
+    assert saves == [first_save]
     assert train_mod.main(["--resume", str(resumed)]) == 0
     a, b = load_checkpoint(straight / "checkpoint.pt"), load_checkpoint(resumed / "checkpoint.pt")
     ta, tb = tensors({k: a[k] for k in ("agent", "buffer")}), tensors({k: b[k] for k in ("agent", "buffer")})
     assert ta.keys() == tb.keys() and len(ta) > 20
     different = [k for k in ta if not torch.equal(ta[k], tb[k])]
     assert not different, different
-    assert a["members"] == b["members"]
-    rows_a, rows_b = read_metrics(straight), read_rows(resumed)
-    assert [(r["member"], r["loss"]) for r in rows_a] == [(r["member"], r["loss"]) for r in rows_b]
+    return a, b
 
 
-def test_a_nan_in_one_member_stops_that_member_and_the_others_train_on(tmp_path, monkeypatch, capsys):
+def nan_rewards_from_update(monkeypatch, member, after=50):
+    """Patch the trainer's learner so that `member`'s rewards turn NaN from update `after` on (it
+    then acts on NaN weights in its own envs)."""
     real = train_mod.build_learner
 
     def poisoned(*args, **kwargs):
@@ -264,15 +265,28 @@ def test_a_nan_in_one_member_stops_that_member_and_the_others_train_on(tmp_path,
 
         def update_fn(obs, actions, rewards, *rest):
             calls.append(1)
-            if len(calls) >= 50:
+            if len(calls) >= after:
                 rewards = rewards.clone()
-                rewards[1] = float("nan")
+                rewards[member] = float("nan")
             return update(obs, actions, rewards, *rest)
 
         agent.update_fn = update_fn
         return agent, buffer
 
     monkeypatch.setattr(train_mod, "build_learner", poisoned)
+
+
+def test_a_stacked_run_resumes_exactly(tmp_path, monkeypatch):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    args = ("--num-seeds", "2", "--sweep", "gamma=0.9,0.99", "--checkpoint-every", "600", "--checkpoint-buffer")
+    a, b = interrupted_and_resumed(monkeypatch, straight, resumed, lambda run: tiny_run(run, *args), 600)
+    assert a["members"] == b["members"]
+    rows_a, rows_b = read_metrics(straight), read_rows(resumed)
+    assert [(r["member"], r["loss"]) for r in rows_a] == [(r["member"], r["loss"]) for r in rows_b]
+
+
+def test_a_nan_in_one_member_stops_that_member_and_the_others_train_on(tmp_path, monkeypatch, capsys):
+    nan_rewards_from_update(monkeypatch, member=1)
     run = tmp_path / "run"
     assert train_mod.main(tiny_run(run, "--num-seeds", "3", "--checkpoint-every", "600")) == 0
     err = capsys.readouterr().err

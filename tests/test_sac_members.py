@@ -19,7 +19,8 @@ from fastrl.policy import load_policy
 from fastrl.runlog import read_metrics
 from fastrl.sac import build_sac
 from fastrl.sac_members import build_sac_members
-from tests.test_resume import read_rows, sigint_after_first_checkpoint, tensors
+from tests.test_members import interrupted_and_resumed
+from tests.test_resume import read_rows, tensors
 
 SPEC = lookup_spec("Pendulum-v1")
 CPU = torch.device("cpu")
@@ -207,17 +208,8 @@ def test_a_num_seeds_run_writes_every_member(tmp_path, capsys):
 def test_a_stacked_sac_run_resumes_exactly(tmp_path, monkeypatch):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     args = ("--num-seeds", "2", "--sweep", "lr=1e-3,3e-3", "--checkpoint-every", "1000", "--checkpoint-buffer")
-    assert train_mod.main(small_run(straight, *args)) == 0
-    with monkeypatch.context() as patch:
-        saves = sigint_after_first_checkpoint(patch)
-        assert train_mod.main(small_run(resumed, *args)) == 130
-    assert saves == [1000]
-    assert train_mod.main(["--resume", str(resumed)]) == 0
-    a, b = load_checkpoint(straight / "checkpoint.pt"), load_checkpoint(resumed / "checkpoint.pt")
-    ta, tb = tensors({k: a[k] for k in ("agent", "buffer")}), tensors({k: b[k] for k in ("agent", "buffer")})
-    assert ta.keys() == tb.keys() and any("log_alpha" in k for k in ta)
-    different = [k for k in ta if not torch.equal(ta[k], tb[k])]
-    assert not different, different
+    a, _ = interrupted_and_resumed(monkeypatch, straight, resumed, lambda run: small_run(run, *args), 1000)
+    assert any("log_alpha" in k for k in tensors({"agent": a["agent"]}))
     rows_a, rows_b = read_metrics(straight), read_rows(resumed)
     assert [(r["member"], r["loss"], r["alpha"]) for r in rows_a] == [(r["member"], r["loss"], r["alpha"])
                                                                        for r in rows_b]

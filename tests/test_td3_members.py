@@ -19,7 +19,8 @@ from fastrl.policy import load_policy
 from fastrl.runlog import read_metrics
 from fastrl.td3 import build_ddpg, build_td3
 from fastrl.td3_members import build_td3_members
-from tests.test_resume import one_thread, read_rows, sigint_after_first_checkpoint, tensors  # noqa: F401
+from tests.test_members import interrupted_and_resumed, nan_rewards_from_update
+from tests.test_resume import one_thread, read_rows  # noqa: F401
 
 SPEC = lookup_spec("Pendulum-v1")
 CPU = torch.device("cpu")
@@ -233,40 +234,14 @@ def test_a_ddpg_sweep_run_writes_every_member(tmp_path):
 def test_a_stacked_td3_run_resumes_exactly(tmp_path, monkeypatch):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     args = ("--num-seeds", "2", "--sweep", "gamma=0.9,0.99", "--checkpoint-every", "600", "--checkpoint-buffer")
-    assert train_mod.main(tiny_run(straight, "td3", *args)) == 0
-    with monkeypatch.context() as patch:
-        saves = sigint_after_first_checkpoint(patch)
-        assert train_mod.main(tiny_run(resumed, "td3", *args)) == 130
-    assert saves == [600]
-    assert train_mod.main(["--resume", str(resumed)]) == 0
-    a, b = load_checkpoint(straight / "checkpoint.pt"), load_checkpoint(resumed / "checkpoint.pt")
-    ta, tb = tensors({k: a[k] for k in ("agent", "buffer")}), tensors({k: b[k] for k in ("agent", "buffer")})
-    assert ta.keys() == tb.keys() and len(ta) > 20
-    different = [k for k in ta if not torch.equal(ta[k], tb[k])]
-    assert not different, different
+    a, b = interrupted_and_resumed(monkeypatch, straight, resumed, lambda run: tiny_run(run, "td3", *args), 600)
     assert a["members"] == b["members"] and a["agent"]["actor_updates"] == b["agent"]["actor_updates"] > 0
     rows_a, rows_b = read_metrics(straight), read_rows(resumed)
     assert [(r["member"], r["loss"]) for r in rows_a] == [(r["member"], r["loss"]) for r in rows_b]
 
 
 def test_a_nan_in_one_td3_member_stops_that_member_and_the_others_train_on(tmp_path, monkeypatch, capsys):
-    real = train_mod.build_learner
-
-    def poisoned(*args, **kwargs):
-        agent, buffer = real(*args, **kwargs)
-        update, calls = agent.update_fn, []
-
-        def update_fn(obs, actions, rewards, *rest):
-            calls.append(1)
-            if len(calls) >= 50:  # member 1 acts on NaN weights from here on, in its own envs
-                rewards = rewards.clone()
-                rewards[1] = float("nan")
-            return update(obs, actions, rewards, *rest)
-
-        agent.update_fn = update_fn
-        return agent, buffer
-
-    monkeypatch.setattr(train_mod, "build_learner", poisoned)
+    nan_rewards_from_update(monkeypatch, member=1)  # member 1 acts on NaN weights from then on
     sent, real_init, real_send = [], train_mod.TorchVecEnv.__init__, train_mod.TorchVecEnv.send
 
     def init(self, *args, role="train", **kwargs):
