@@ -1,6 +1,6 @@
 """One DQN CartPole update of E stacked members against the single agent's, in one process.
 
-    python -m benchmarks.members_update [--hidden-sizes 256 256] [--members 1 4 16] [--rounds 7]
+    python -m benchmarks.members_update [--hidden-sizes 256 256] [--members 1 4 16] [--rounds 7] [--threads 1]
 
 Every round times each variant once (a block of updates), variants alternated, so a load change
 on a shared machine hits them alike; medians over rounds are printed with the load average. The
@@ -39,8 +39,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--updates", type=int, default=40, help="updates per timed block")
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for every variant (default 1)")
     args = parser.parse_args()
-    torch.set_num_threads(1)  # what auto_threads picks for this update
+    torch.set_num_threads(args.threads)
     spec = lookup_spec("CartPole-v1")
     device = torch.device("cpu")
     base = {"hidden_sizes": tuple(args.hidden_sizes), "batch_size": args.batch_size, "precision": args.precision,
@@ -63,7 +64,8 @@ def main() -> None:
                 agent.update(b)
             times[name].append((time.perf_counter() - start) / args.updates)
     single = statistics.median(times["single"])
-    print(f"load average {os.getloadavg()}, hidden {args.hidden_sizes}, batch {args.batch_size}, {args.precision}")
+    print(f"load average {os.getloadavg()}, hidden {args.hidden_sizes}, batch {args.batch_size}, {args.precision}, "
+          f"{torch.get_num_threads()} thread(s)")
     for name, ts in times.items():
         e = 1 if name == "single" else int(name.split()[0])
         med = statistics.median(ts)

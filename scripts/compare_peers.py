@@ -7,6 +7,7 @@ one run, on this machine; prints each peer's speed ratio to fastrl.
     python scripts/compare_peers.py td3            # TD3 Pendulum-v1, batch 256, 256-256, UTD 1
     python scripts/compare_peers.py ddpg --threads 2   # DDPG, same settings; all sides on 2 threads
     python scripts/compare_peers.py sac            # SAC Pendulum-v1, the same settings, auto entropy
+    python scripts/compare_peers.py sac --threads 1 --cores 1   # every side held to one core (SBX too)
     python scripts/compare_peers.py dqn --peers sb3 --sb3-envs 1 8 --out cmp.json
 
 Wall time covers env creation, model creation and training on every side (JAX's and torch.compile's
@@ -16,8 +17,14 @@ equal work; final greedy returns are printed beside it, so it compares equal lea
 
 Where SBX cannot be set like the others, the printout says so: its DQN has no gradient clipping
 (--dqn-loss huber clips on the other sides) and its Q-net is n×n (n the first of net_arch: CleanRL's
-120-84 runs as 120-120). SB3 runs on the CPU (--peers-device), and so does SBX (JAX_PLATFORMS);
-with --threads 1 XLA is held to one thread too, otherwise it takes its default.
+120-84 runs as 120-120). SB3 runs on the CPU (--peers-device), and so does SBX (JAX_PLATFORMS).
+
+--threads N sets torch's threads on both torch sides. XLA's CPU client ignores its thread flags
+(`--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1` still ran a 1024² matmul on
+both cores here, 3.5 CPU-s per 1.8 wall-s), so SBX always uses every core the process may use;
+--cores N pins the whole process to N CPUs (sched_setaffinity), which holds every side to N cores.
+Each side's CPU seconds are printed beside its wall time (CPU s / wall s is the number of cores it
+kept busy), so an unequal share of the machine shows.
 """
 
 from __future__ import annotations
@@ -114,7 +121,7 @@ WORKLOADS = {"dqn": dqn_workload, "td3": td3_workload, "ddpg": ddpg_workload, "s
 
 
 def run_fastrl(work: Workload, seed: int, run_dir: Path, threads: int) -> dict:
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     try:
         cfg = resolve({**work.fastrl, "seed": seed, "run_dir": str(run_dir / f"fastrl-{seed}"), "progress": False,
                        "threads": threads})
@@ -124,7 +131,9 @@ def run_fastrl(work: Workload, seed: int, run_dir: Path, threads: int) -> dict:
         return {"wall_s": math.nan, "error": str(exc)}
     summary = train(cfg, spec, device, t0)
     # The final greedy evaluation is timed apart and left out, as it is on the SB3 side.
+    # CPU seconds include the final evaluation's (a single-env greedy rollout, one core at most).
     return {"wall_s": time.perf_counter() - t0 - summary["eval_s"], "eval_s": summary["eval_s"],
+            "cpu_s": time.process_time() - cpu0,
             "final_eval_return_mean": summary["final_eval_return_mean"],
             "updates": summary["updates"], "env_steps": summary["env_steps"], "num_envs": cfg.num_envs,
             "updates_per_transition": summary["updates_per_transition"], "batch_size": cfg.batch_size}
@@ -180,15 +189,16 @@ def run_peer(peer: str, work: Workload, seed: int, n_envs: int, device: str) -> 
     kwargs, upt = peer_kwargs(peer, work, n_envs)
     loss_swap = mse_instead_of_huber(peer) if work.sb3_mse_loss else contextlib.nullcontext()
     device_kwarg = {"device": device} if peer == "sb3" else {}
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     with loss_swap:
         env = make_vec_env(work.env_id, n_envs=n_envs, seed=seed)
         model = getattr(lib, work.sb3_algo)("MlpPolicy", env, seed=seed, verbose=0, **device_kwarg, **kwargs)
         model.learn(total_timesteps=work.total_steps)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     eval_env = make_vec_env(work.env_id, n_envs=1, seed=seed + 100_003)
     mean, _std = evaluate_policy(model, eval_env, n_eval_episodes=10, deterministic=True)
-    return {"wall_s": wall, "final_eval_return_mean": float(mean), "updates": int(model._n_updates),
+    return {"wall_s": wall, "cpu_s": cpu, "final_eval_return_mean": float(mean),
+            "updates": int(model._n_updates),
             "env_steps": int(model.num_timesteps), "updates_per_transition": upt,
             "batch_size": kwargs["batch_size"], "num_envs": n_envs}
 
@@ -202,6 +212,15 @@ def peer_notes(peers: list[str], work: Workload) -> list[str]:
         if math.isfinite(work.sb3_kwargs["max_grad_norm"]):
             notes.append(f"sbx: no gradient clipping (the others clip at {work.sb3_kwargs['max_grad_norm']:g})")
     return notes
+
+
+def pin_to_cores(cores: int) -> str:
+    """Pin this process (every thread it starts later, XLA's pool included) to `cores` CPUs."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if cores >= len(allowed):
+        return f"all {len(allowed)} cores"
+    os.sched_setaffinity(0, allowed[:cores])
+    return f"pinned to CPU {','.join(map(str, allowed[:cores]))}"
 
 
 def installed(peer: str) -> bool:
@@ -221,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="dqn: CleanRL's MSE without clipping (default), or SB3's Huber clipped at 10")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads, the same for both sides (default 1, fastrl's CPU default)")
+    parser.add_argument("--cores", type=int, default=None,
+                        help="pin the process to this many CPUs (default: not pinned); the only way to hold "
+                             "SBX's XLA to fewer cores than the machine has")
     parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
                         help="fastrl's --precision (SB3 and SBX train in fp32 either way)")
     parser.add_argument("--peers-device", choices=("cpu", "cuda"), default="cpu",
@@ -228,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", default="runs/compare", help="fastrl run folders go here")
     parser.add_argument("--out", default=None, help="write all results as JSON here")
     args = parser.parse_args(argv)
+    cpus = len(os.sched_getaffinity(0))
+    if args.cores is not None and not 1 <= args.cores <= cpus:
+        parser.error(f"--cores {args.cores}: this process may use 1 to {cpus} CPUs")
     peers = args.peers or [p for p in PEERS if installed(p)]
     missing = [p for p in peers if not installed(p)]
     if missing or not peers:
@@ -235,8 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compare_peers: --peers: {', '.join(missing) or 'none'} not installed; pip install -e "
               f"'.[{','.join(extra[p] for p in (missing or PEERS))}]'", file=sys.stderr)
         return 2
-    if args.threads == 1 and "sbx" in peers:  # before JAX's first import: one XLA CPU thread, like torch's
-        os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+    pinned = pin_to_cores(args.cores) if args.cores else f"all {cpus} cores"
     steps = args.steps or (100_000 if args.workload == "dqn" else 15_000)
     work = (dqn_workload(steps, args.fastrl_envs, args.dqn_loss) if args.workload == "dqn"
             else WORKLOADS[args.workload](steps, args.fastrl_envs))
@@ -256,17 +280,18 @@ def main(argv: list[str] | None = None) -> int:
                     run_peer(peer, work, seed, n_envs, args.peers_device))
     versions = ", ".join(f"{p} {importlib.import_module(PEER_MODULES[p]).__version__}" for p in peers)
     print(f"\n{args.workload} {work.env_id}, {work.total_steps} env steps, torch {torch.__version__}, {versions}, "
-          f"{torch.get_num_threads()} threads; wall s = env and model creation + training (no eval)")
+          f"{torch.get_num_threads()} threads, {pinned}; wall s = env and model creation + training (no eval)")
     for note in peer_notes(peers, work):
         print(f"note: {note}")
-    print(f"{'run':<10} {'seed':>4} {'envs':>4} {'wall s':>8} {'SPS':>8} {'updates':>8} {'upd/trans':>9} {'batch':>6} "
+    print(f"{'run':<10} {'seed':>4} {'envs':>4} {'wall s':>8} {'cpu s':>8} {'SPS':>8} {'updates':>8} {'upd/trans':>9} {'batch':>6} "
           f"{'eval return':>11}")
     for name, rows in results.items():
         for seed, r in zip(args.seeds, rows):
             if "error" in r:
                 print(f"{name:<10} {seed:>4} did not run: {r['error']}")
                 continue
-            print(f"{name:<10} {seed:>4} {r['num_envs']:>4} {r['wall_s']:>8.2f} {r['env_steps'] / r['wall_s']:>8.0f} "
+            print(f"{name:<10} {seed:>4} {r['num_envs']:>4} {r['wall_s']:>8.2f} {r['cpu_s']:>8.1f} "
+                  f"{r['env_steps'] / r['wall_s']:>8.0f} "
                   f"{r['updates']:>8} {r['updates_per_transition']:>9.3g} {r['batch_size']:>6} "
                   f"{r['final_eval_return_mean']:>11.1f}")
     ours = float(np.mean([r["wall_s"] for r in results["fastrl"]]))

@@ -29,9 +29,7 @@ import torch
 import fastrl.train as train_module
 from fastrl.buffer import ReplayBuffer
 from fastrl.config import resolve
-from fastrl.dqn import DQN
 from fastrl.envs import TorchVecEnv
-from fastrl.td3 import TD3
 from fastrl.registry import ALGORITHMS, build_agent
 from fastrl.train import check_setup, train
 
@@ -127,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     spec, device = check_setup(cfg)
 
     timers = PhaseTimers()
-    agent_type = {"dqn": DQN, "ddpg": TD3, "td3": TD3}[cfg.algo]
+    agent_type = type(build_agent(spec, cfg, device, False))  # whichever class the registry builds for cfg.algo
     timers.wrap(agent_type, "update", "update")
     timers.wrap(agent_type, "act", "act")
     timers.wrap(TorchVecEnv, "send", "env send")

@@ -21,6 +21,9 @@ def run_script(*args: str) -> str:
     # device=cpu: on a GPU machine --device auto would pick CUDA and compile every run afresh
     ["--algo", "td3", "--steps", "700", "--learning-starts", "400", "--threads", "1",
      "--set", "batch_size=32", "hidden_sizes=[16,16]", "device=cpu"],
+    # SAC: the agent's class comes from the registry (a fixed table of classes once missed it)
+    ["--algo", "sac", "--steps", "600", "--learning-starts", "400", "--threads", "1",
+     "--set", "batch_size=32", "hidden_sizes=[16,16]", "device=cpu"],
     # the docstring's DQN form: settings of another algorithm must not leak in (they once did)
     ["--algo", "dqn", "--steps", "1200", "--learning-starts", "400", "--threads", "1",
      "--set", "env=CartPole-v1", "num_envs=8", "batch_size=32", "hidden_sizes=[16,16]", "train_every=2",
@@ -76,3 +79,20 @@ def test_buffer_micro_times_cpprb_on_the_same_pair():
     pytest.importorskip("cpprb", reason="cpprb lives in a venv of its own (see scripts/buffer_micro.py)")
     out = run_script("scripts/buffer_micro.py", "--cpprb", "--capacity", "20000", "--calls", "5")
     assert re.search(r"^sample\(256\) \+ update_priorities\(256\), cpprb: +[\d.]+ us$", out, re.M), out
+
+
+def test_compare_peers_cores_pins_the_process_and_refuses_an_impossible_count():
+    # --cores is what holds SBX's XLA (which ignores its thread flags) to fewer cores: the pin must
+    # reach the process's affinity mask, which every thread started later inherits.
+    import os
+
+    allowed = len(os.sched_getaffinity(0))
+    code = ("import os, sys; sys.path.insert(0, 'scripts'); import compare_peers as c; "
+            "print(c.pin_to_cores(1)); print(len(os.sched_getaffinity(0)))")
+    out = run_script("-c", code).split()
+    assert out[-1] == "1"
+    if allowed > 1:
+        assert "pinned to CPU" in " ".join(out)
+    done = subprocess.run([sys.executable, "scripts/compare_peers.py", "sac", "--cores", str(allowed + 1),
+                           "--peers", "sb3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and f"--cores {allowed + 1}" in done.stderr
