@@ -283,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{torch.get_num_threads()} threads, {pinned}; wall s = env and model creation + training (no eval)")
     for note in peer_notes(peers, work):
         print(f"note: {note}")
-    print(f"{'run':<10} {'seed':>4} {'envs':>4} {'wall s':>8} {'cpu s':>8} {'SPS':>8} {'updates':>8} {'upd/trans':>9} {'batch':>6} "
-          f"{'eval return':>11}")
+    print(f"{'run':<10} {'seed':>4} {'envs':>4} {'wall s':>8} {'cpu s':>8} {'SPS':>8} {'updates':>8} "
+          f"{'upd/trans':>9} {'batch':>6} {'eval return':>11}")
     for name, rows in results.items():
         for seed, r in zip(args.seeds, rows):
             if "error" in r:

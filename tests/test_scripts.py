@@ -1,6 +1,7 @@
 """The measurement scripts run end to end on tiny settings and print the tables BENCHMARKS.md quotes
 (their figures are not asserted: a benchmark measures, it does not assert a time)."""
 
+import os
 import re
 import subprocess
 import sys
@@ -84,8 +85,6 @@ def test_buffer_micro_times_cpprb_on_the_same_pair():
 def test_compare_peers_cores_pins_the_process_and_refuses_an_impossible_count():
     # --cores is what holds SBX's XLA (which ignores its thread flags) to fewer cores: the pin must
     # reach the process's affinity mask, which every thread started later inherits.
-    import os
-
     allowed = len(os.sched_getaffinity(0))
     code = ("import os, sys; sys.path.insert(0, 'scripts'); import compare_peers as c; "
             "print(c.pin_to_cores(1)); print(len(os.sched_getaffinity(0)))")
