@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compare_peers: --peers: {', '.join(missing) or 'none'} not installed; pip install -e "
               f"'.[{','.join(extra[p] for p in (missing or PEERS))}]'", file=sys.stderr)
         return 2
-    pinned = pin_to_cores(args.cores) if args.cores else f"all {cpus} cores"
+    pinned = pin_to_cores(args.cores or cpus)
     steps = args.steps or (100_000 if args.workload == "dqn" else 15_000)
     work = (dqn_workload(steps, args.fastrl_envs, args.dqn_loss) if args.workload == "dqn"
             else WORKLOADS[args.workload](steps, args.fastrl_envs))
