@@ -39,15 +39,17 @@ GRADIENTS = ("auto", "autograd", "manual")
 THREADED_GEMM_SIZE = 256 * 256 * 256
 # Random steps, when neither a preset nor the user sets them, are at most this fraction of the run.
 RANDOM_STEPS_FRACTION = 0.05
+# What a run resolved from "auto" settings, written beside the settings in config.json.
+RESOLVED_KEYS = ("compile_resolved", "device_resolved", "threads_resolved")
 
 
-def auto_threads(batch_size: int, hidden_sizes: tuple[int, ...], cores: int) -> int:
-    """torch threads for a CPU run when --threads is 0. Measured on the 2-core CI machine: TD3's
-    256-256 update at batch 256 takes 2.95 ms on 2 threads against 4.9 ms on 1 (9.5 ms on 2 while
-    another process holds a core). Smaller updates are bound by per-op overhead, and there two
-    OpenMP threads beside another process once made a DQN CartPole run (256-256, batch 128) 28x
-    slower. So: every core from batch 256 at width 256, one thread below."""
-    return cores if batch_size * max(hidden_sizes, default=0) ** 2 >= THREADED_GEMM_SIZE else 1
+def auto_threads(batch_size: int, hidden_sizes: tuple[int, ...], cores: int, members: int = 1) -> int:
+    """torch threads for a CPU run when --threads is 0: every core once the update's GEMMs reach
+    batch 256 at width 256, one thread below, where per-op overhead binds and two OpenMP threads
+    beside another process stall each other (BENCHMARKS.md, "CPU ceilings" and "Many agents").
+    Stacked members' products are one batched GEMM over all of them, so their size counts
+    `members` times."""
+    return cores if members * batch_size * max(hidden_sizes, default=0) ** 2 >= THREADED_GEMM_SIZE else 1
 
 
 def _hidden_sizes(value: Any) -> str | None:
@@ -376,7 +378,7 @@ def validate_for_env(cfg: TrainConfig, discrete: bool) -> None:
 def config_from_checkpoint(settings: dict[str, Any], flag_name: str) -> TrainConfig:
     """The config saved in a checkpoint. Settings added since it was written take their defaults,
     which reproduce what that version did; a setting this version no longer knows is refused."""
-    settings = {k: v for k, v in settings.items() if k not in ("compile_resolved", "device_resolved")}
+    settings = {k: v for k, v in settings.items() if k not in RESOLVED_KEYS}
     unknown = sorted(set(settings) - set(FIELDS))
     if unknown:
         raise ConfigError(f"{flag_name}: the checkpoint's settings do not fit this fastrl version (unknown: "

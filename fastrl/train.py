@@ -321,9 +321,8 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
     width = len(members) if members else 1  # agents side by side
     use_compile = members is None and (cfg.compile if cfg.compile is not None else device.type == "cuda")
     if cfg.threads or device.type == "cpu":
-        # Members keep the single agent's thread choice, not one for their N-times larger batch:
-        # two OpenMP threads beside other processes on a 2-core machine stall each other.
-        torch.set_num_threads(cfg.threads or auto_threads(mine.batch_size, cfg.hidden_sizes, TORCH_DEFAULT_THREADS))
+        torch.set_num_threads(cfg.threads or auto_threads(mine.batch_size, cfg.hidden_sizes, TORCH_DEFAULT_THREADS,
+                                                          members=width))
     torch.manual_seed(seed)
     np.random.seed(seed)
     start = RunCounters(**resume["counters"]) if resume is not None else RunCounters()
@@ -335,7 +334,9 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
     agent, buffer = build_learner(spec, cfg, mine, device, use_compile, seed, members)
     book = MemberBook(members, mine.num_envs) if members is not None else None
     obs = envs.reset()
-    log = RunLog(run_dir, {**cfg.to_json(), "compile_resolved": use_compile, "device_resolved": str(device)},
+    resolved = {"compile_resolved": use_compile, "device_resolved": str(device),
+                "threads_resolved": torch.get_num_threads()}
+    log = RunLog(run_dir, {**cfg.to_json(), **resolved},
                  append=resume is not None) if world.is_main else None  # rank 0 writes the run folder
     progress = Progress(cfg.total_steps - start.env_step, enabled=cfg.progress and world.is_main)
     if resume is not None:

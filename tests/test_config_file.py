@@ -62,3 +62,5 @@ def test_auto_threads_uses_every_core_only_for_big_gemms():
     assert auto_threads(128, (256, 256), cores=2) == 1  # the DQN CartPole preset: per-op bound
     assert auto_threads(128, (120, 84), cores=4) == 1
     assert auto_threads(1024, (512,), cores=4) == 4
+    assert auto_threads(128, (256, 256), cores=2, members=16) == 2  # 16 stacked DQN members: one big GEMM
+    assert auto_threads(128, (256, 256), cores=2, members=1) == 1

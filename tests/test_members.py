@@ -208,6 +208,20 @@ def test_a_num_seeds_run_writes_every_member(tmp_path, capsys):
     assert capsys.readouterr().out.count("member ") == 3
 
 
+def test_automatic_threads_count_the_stacked_members(tmp_path, monkeypatch):
+    asked = []
+
+    def fake_auto_threads(batch_size, hidden_sizes, cores, members=1):
+        asked.append((batch_size, members))
+        return 1
+
+    monkeypatch.setattr(train_mod, "auto_threads", fake_auto_threads)
+    run = tmp_path / "run"
+    assert train_mod.main(tiny_run(run, "--num-seeds", "3", "--threads", "0")) == 0
+    assert asked == [(16, 3)]
+    assert json.loads((run / "config.json").read_text())["threads_resolved"] == 1
+
+
 def test_a_sweep_forms_a_grid_of_settings_times_seeds(tmp_path):
     run = tmp_path / "run"
     assert train_mod.main(tiny_run(run, "--num-seeds", "2", "--sweep", "target_update=soft,hard",

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from fastrl.config import RESOLVED_KEYS
 from fastrl.experiments.grid import RunSpec, StackedRuns
 from fastrl.runlog import read_metrics
 
@@ -58,7 +59,7 @@ class RunResult:
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in ("compile_resolved", "device_resolved")}
+    return {k: v for k, v in config.items() if k not in RESOLVED_KEYS}
 
 
 def finished_summary(run_dir: Path, config: dict[str, Any]) -> dict[str, Any] | None:
