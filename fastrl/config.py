@@ -39,8 +39,16 @@ GRADIENTS = ("auto", "autograd", "manual")
 THREADED_GEMM_SIZE = 256 * 256 * 256
 # Random steps, when neither a preset nor the user sets them, are at most this fraction of the run.
 RANDOM_STEPS_FRACTION = 0.05
-# What a run resolved from "auto" settings, written beside the settings in config.json.
-RESOLVED_KEYS = ("compile_resolved", "device_resolved", "threads_resolved")
+
+
+def resolved_settings(use_compile: bool, device: torch.device) -> dict[str, Any]:
+    """What a run resolved from "auto" settings (after it set torch's threads), written beside the
+    settings in config.json. Readers of a config drop these keys (`RESOLVED_KEYS`)."""
+    return {"compile_resolved": use_compile, "device_resolved": str(device),
+            "threads_resolved": torch.get_num_threads()}
+
+
+RESOLVED_KEYS = tuple(resolved_settings(False, torch.device("cpu")))
 
 
 def auto_threads(batch_size: int, hidden_sizes: tuple[int, ...], cores: int, members: int = 1) -> int:

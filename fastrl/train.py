@@ -45,7 +45,7 @@ from fastrl.checkpoint import (
 )
 from fastrl.config import (
     FIELDS, ConfigError, TrainConfig, auto_threads, config_from_checkpoint, describe_presets, load_config_file,
-    resolve, resolve_device, validate, validate_for_env,
+    resolve, resolve_device, resolved_settings, validate, validate_for_env,
 )
 from fastrl.envs import EnvSpec, TorchVecEnv, lookup_spec
 from fastrl.evaluate import evaluate_groups, evaluate_policy, evaluation_policy, mean_std
@@ -334,9 +334,7 @@ def train(cfg: TrainConfig, spec: EnvSpec, device: torch.device, t_start: float,
     agent, buffer = build_learner(spec, cfg, mine, device, use_compile, seed, members)
     book = MemberBook(members, mine.num_envs) if members is not None else None
     obs = envs.reset()
-    resolved = {"compile_resolved": use_compile, "device_resolved": str(device),
-                "threads_resolved": torch.get_num_threads()}
-    log = RunLog(run_dir, {**cfg.to_json(), **resolved},
+    log = RunLog(run_dir, {**cfg.to_json(), **resolved_settings(use_compile, device)},
                  append=resume is not None) if world.is_main else None  # rank 0 writes the run folder
     progress = Progress(cfg.total_steps - start.env_step, enabled=cfg.progress and world.is_main)
     if resume is not None:
