@@ -9,6 +9,7 @@ one run, on this machine; prints each peer's speed ratio to fastrl.
     python scripts/compare_peers.py sac            # SAC Pendulum-v1, the same settings, auto entropy
     python scripts/compare_peers.py sac --threads 1 --cores 1   # every side held to one core (SBX too)
     python scripts/compare_peers.py dqn --peers sb3 --sb3-envs 1 8 --out cmp.json
+    python scripts/compare_peers.py mountaincar --peers sb3 --seeds 1 2   # DQN, the RL Zoo's tuned settings, 120k
 
 Wall time covers env creation, model creation and training on every side (JAX's and torch.compile's
 compilation included); imports are excluded. The update-to-data ratio (gradient updates per env
@@ -63,6 +64,7 @@ class Workload:
     sb3_kwargs: dict
     sb3_updates_per_transition: float  # gradient_steps / (train_freq * n_envs), filled per n_envs
     sb3_mse_loss: bool = False  # SB3's and SBX's DQN hard-code the Huber loss: swap in MSE for their runs
+    sb3_schedule: tuple[int, int] | None = None  # DQN (train_freq, gradient_steps) of one env, if not CleanRL's
 
 
 def dqn_workload(steps: int, num_envs: int, loss: str = "mse") -> Workload:
@@ -85,6 +87,24 @@ def dqn_workload(steps: int, num_envs: int, loss: str = "mse") -> Workload:
                gamma=0.99, target_update_interval=500, exploration_fraction=0.5, exploration_initial_eps=1.0,
                exploration_final_eps=0.05, max_grad_norm=clip or math.inf, policy_kwargs=dict(net_arch=[120, 84]))
     return Workload("CartPole-v1", steps, fastrl, "DQN", sb3, 0.1, sb3_mse_loss=loss == "mse")
+
+
+def mountaincar_workload(steps: int, num_envs: int) -> Workload:
+    # The RL Baselines3 Zoo's tuned DQN for MountainCar-v0 (its hyperparams/dqn.yml: 120k steps),
+    # on one env (--fastrl-envs and --sb3-envs are not used): 8 updates every 16 steps, batch 128,
+    # 256-256, lr 4e-3, buffer 10k, gamma 0.98, eps 1 -> 0.07 over a fifth, and SB3's own defaults
+    # for the rest: Huber loss, clipping at norm 10, no Double DQN, 1-step targets. SB3 counts its
+    # target period of 600 in env steps, which is 300 gradient updates: fastrl counts updates.
+    # A sparse-reward env whose defaults learn nothing (BENCHMARKS.md): a check of equal learning.
+    fastrl = dict(algo="dqn", env="MountainCar-v0", total_steps=steps, num_envs=1, buffer_size=10_000,
+                  batch_size=128, learning_starts=1_000, train_every=16, updates_per_train=8, lr=4e-3,
+                  lr_schedule="constant", gamma=0.98, target_update="hard", target_period=300,
+                  hidden_sizes=(256, 256), loss="huber", double_dqn=False, max_grad_norm=10.0, n_step=1,
+                  eps_start=1.0, eps_end=0.07, eps_fraction=0.2, eval_episodes=10, eval_every=0, log_every=20_000)
+    sb3 = dict(learning_rate=4e-3, buffer_size=10_000, learning_starts=1_000, batch_size=128, tau=1.0,
+               gamma=0.98, target_update_interval=600, exploration_fraction=0.2, exploration_initial_eps=1.0,
+               exploration_final_eps=0.07, max_grad_norm=10.0, policy_kwargs=dict(net_arch=[256, 256]))
+    return Workload("MountainCar-v0", steps, fastrl, "DQN", sb3, 0.5, sb3_schedule=(16, 8))
 
 
 def td3_workload(steps: int, num_envs: int) -> Workload:
@@ -117,7 +137,9 @@ def sac_workload(steps: int, num_envs: int) -> Workload:
     return Workload(work.env_id, steps, fastrl, "SAC", sb3, 1.0)
 
 
-WORKLOADS = {"dqn": dqn_workload, "td3": td3_workload, "ddpg": ddpg_workload, "sac": sac_workload}
+WORKLOADS = {"dqn": dqn_workload, "mountaincar": mountaincar_workload, "td3": td3_workload, "ddpg": ddpg_workload,
+             "sac": sac_workload}
+DEFAULT_STEPS = {"dqn": 100_000, "mountaincar": 120_000}  # the others: 15k
 
 
 def run_fastrl(work: Workload, seed: int, run_dir: Path, threads: int) -> dict:
@@ -150,13 +172,18 @@ def peer_kwargs(peer: str, work: Workload, n_envs: int) -> tuple[dict, float]:
     """The peer's constructor settings for `work` with `n_envs` envs, and its updates per transition."""
     kwargs = dict(work.sb3_kwargs)
     if work.sb3_algo == "DQN":
-        # One update per 10 transitions with n_envs envs: train every 10 vector steps, n_envs updates.
-        kwargs.update(train_freq=10, gradient_steps=n_envs)
+        if work.sb3_schedule is not None:  # a fixed one-env schedule
+            train_freq, gradient_steps = work.sb3_schedule
+            if n_envs != 1:
+                raise SystemExit(f"compare_peers: {work.env_id}'s DQN schedule is for one env; drop --sb3-envs")
+        else:  # one update per 10 transitions with n_envs envs: every 10 vector steps, n_envs updates
+            train_freq, gradient_steps = 10, n_envs
+        kwargs.update(train_freq=train_freq, gradient_steps=gradient_steps)
         if peer == "sbx":
             kwargs.pop("max_grad_norm")  # SBX's DQN does not clip
             # SB3 counts its target period in transitions (vector steps x n_envs), SBX in vector steps
             kwargs["target_update_interval"] = max(kwargs["target_update_interval"] // n_envs, 1)
-        return kwargs, n_envs / (10 * n_envs)
+        return kwargs, gradient_steps / (train_freq * n_envs)
     kwargs.update(train_freq=1, gradient_steps=n_envs)
     if peer == "sbx":
         kwargs["qf_learning_rate"] = kwargs["learning_rate"]  # SBX's DDPG defaults its critic to 1e-3
@@ -230,7 +257,8 @@ def installed(peer: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workload", choices=tuple(WORKLOADS))
-    parser.add_argument("--steps", type=int, default=None, help="env steps (default: dqn 100k, the others 15k)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="env steps (default: dqn 100k, mountaincar 120k, the others 15k)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--peers", nargs="+", choices=PEERS, default=None,
                         help="peers to run (default: those installed of sb3, sbx)")
@@ -261,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
               f"'.[{','.join(extra[p] for p in (missing or PEERS))}]'", file=sys.stderr)
         return 2
     pinned = pin_to_cores(args.cores or cpus)
-    steps = args.steps or (100_000 if args.workload == "dqn" else 15_000)
+    steps = args.steps or DEFAULT_STEPS.get(args.workload, 15_000)
     work = (dqn_workload(steps, args.fastrl_envs, args.dqn_loss) if args.workload == "dqn"
             else WORKLOADS[args.workload](steps, args.fastrl_envs))
     work.fastrl["precision"] = args.precision

@@ -95,3 +95,26 @@ def test_compare_peers_cores_pins_the_process_and_refuses_an_impossible_count():
     done = subprocess.run([sys.executable, "scripts/compare_peers.py", "sac", "--cores", str(allowed + 1),
                            "--peers", "sb3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and f"--cores {allowed + 1}" in done.stderr
+
+
+def test_compare_peers_mountaincar_gives_both_sides_the_zoo_schedule():
+    # The Zoo's 8 updates every 16 steps on one env, on both sides; SB3's target period of 600 env
+    # steps is fastrl's 300 updates. (The peers' own runs need SB3: BENCHMARKS.md has them.)
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import compare_peers
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    from fastrl.config import resolve
+
+    work = compare_peers.WORKLOADS["mountaincar"](120_000, 64)
+    kwargs, sb3_updates_per_transition = compare_peers.peer_kwargs("sb3", work, 1)
+    assert (kwargs["train_freq"], kwargs["gradient_steps"]) == (16, 8)
+    cfg = resolve(work.fastrl)
+    assert cfg.updates_per_train / (cfg.train_every * cfg.num_envs) == sb3_updates_per_transition == 0.5
+    # SB3 syncs every 600 env steps and trains every 16: 37.5 train phases of 8 updates on average
+    updates_between_syncs = kwargs["target_update_interval"] / kwargs["train_freq"] * kwargs["gradient_steps"]
+    assert cfg.target_period == updates_between_syncs == 300
+    assert (cfg.double_dqn, cfg.loss, cfg.n_step) == (False, "huber", 1)
+    with pytest.raises(SystemExit, match="one env"):
+        compare_peers.peer_kwargs("sb3", work, 8)
