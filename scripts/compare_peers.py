@@ -281,6 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     cpus = len(os.sched_getaffinity(0))
     if args.cores is not None and not 1 <= args.cores <= cpus:
         parser.error(f"--cores {args.cores}: this process may use 1 to {cpus} CPUs")
+    steps = args.steps or DEFAULT_STEPS.get(args.workload, 15_000)
+    work = (dqn_workload(steps, args.fastrl_envs, args.dqn_loss) if args.workload == "dqn"
+            else WORKLOADS[args.workload](steps, args.fastrl_envs))
+    if work.sb3_schedule is not None and args.sb3_envs != [1]:  # before any run
+        parser.error(f"--sb3-envs: {args.workload} runs the peers on one env (its tuned schedule is for one)")
     peers = args.peers or [p for p in PEERS if installed(p)]
     missing = [p for p in peers if not installed(p)]
     if missing or not peers:
@@ -289,9 +294,6 @@ def main(argv: list[str] | None = None) -> int:
               f"'.[{','.join(extra[p] for p in (missing or PEERS))}]'", file=sys.stderr)
         return 2
     pinned = pin_to_cores(args.cores or cpus)
-    steps = args.steps or DEFAULT_STEPS.get(args.workload, 15_000)
-    work = (dqn_workload(steps, args.fastrl_envs, args.dqn_loss) if args.workload == "dqn"
-            else WORKLOADS[args.workload](steps, args.fastrl_envs))
     work.fastrl["precision"] = args.precision
     # Imports stay out of the timing on both sides: fastrl plots its learning curve with matplotlib
     # and builds envpool envs (whose import registers every env id).

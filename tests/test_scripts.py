@@ -118,3 +118,7 @@ def test_compare_peers_mountaincar_gives_both_sides_the_zoo_schedule():
     assert (cfg.double_dqn, cfg.loss, cfg.n_step) == (False, "huber", 1)
     with pytest.raises(SystemExit, match="one env"):
         compare_peers.peer_kwargs("sb3", work, 8)
+    # refused before any run starts (the flag is checked before the peers are looked for)
+    done = subprocess.run([sys.executable, "scripts/compare_peers.py", "mountaincar", "--sb3-envs", "1", "8"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--sb3-envs" in done.stderr and "one env" in done.stderr
