@@ -62,7 +62,6 @@ class Workload:
     fastrl: dict  # fastrl settings
     sb3_algo: str
     sb3_kwargs: dict
-    sb3_updates_per_transition: float  # gradient_steps / (train_freq * n_envs), filled per n_envs
     sb3_mse_loss: bool = False  # SB3's and SBX's DQN hard-code the Huber loss: swap in MSE for their runs
     sb3_schedule: tuple[int, int] | None = None  # DQN (train_freq, gradient_steps) of one env, if not CleanRL's
 
@@ -86,7 +85,7 @@ def dqn_workload(steps: int, num_envs: int, loss: str = "mse") -> Workload:
     sb3 = dict(learning_rate=2.5e-4, buffer_size=10_000, learning_starts=10_000, batch_size=128, tau=1.0,
                gamma=0.99, target_update_interval=500, exploration_fraction=0.5, exploration_initial_eps=1.0,
                exploration_final_eps=0.05, max_grad_norm=clip or math.inf, policy_kwargs=dict(net_arch=[120, 84]))
-    return Workload("CartPole-v1", steps, fastrl, "DQN", sb3, 0.1, sb3_mse_loss=loss == "mse")
+    return Workload("CartPole-v1", steps, fastrl, "DQN", sb3, sb3_mse_loss=loss == "mse")
 
 
 def mountaincar_workload(steps: int, num_envs: int) -> Workload:
@@ -104,7 +103,7 @@ def mountaincar_workload(steps: int, num_envs: int) -> Workload:
     sb3 = dict(learning_rate=4e-3, buffer_size=10_000, learning_starts=1_000, batch_size=128, tau=1.0,
                gamma=0.98, target_update_interval=600, exploration_fraction=0.2, exploration_initial_eps=1.0,
                exploration_final_eps=0.07, max_grad_norm=10.0, policy_kwargs=dict(net_arch=[256, 256]))
-    return Workload("MountainCar-v0", steps, fastrl, "DQN", sb3, 0.5, sb3_schedule=(16, 8))
+    return Workload("MountainCar-v0", steps, fastrl, "DQN", sb3, sb3_schedule=(16, 8))
 
 
 def td3_workload(steps: int, num_envs: int) -> Workload:
@@ -115,7 +114,7 @@ def td3_workload(steps: int, num_envs: int) -> Workload:
                   exploration_noise=0.1, eval_episodes=10, eval_every=0, log_every=5_000)
     sb3 = dict(learning_rate=3e-4, buffer_size=steps, learning_starts=min(5_000, steps // 2), batch_size=256,
                tau=0.005, gamma=0.99, policy_delay=2, policy_kwargs=dict(net_arch=[256, 256]))
-    return Workload("Pendulum-v1", steps, fastrl, "TD3", sb3, 1.0)
+    return Workload("Pendulum-v1", steps, fastrl, "TD3", sb3)
 
 
 def ddpg_workload(steps: int, num_envs: int) -> Workload:
@@ -123,7 +122,7 @@ def ddpg_workload(steps: int, num_envs: int) -> Workload:
     work = td3_workload(steps, num_envs)
     fastrl = {**work.fastrl, "algo": "ddpg", "policy_delay": 1}
     sb3 = {k: v for k, v in work.sb3_kwargs.items() if k != "policy_delay"}
-    return Workload(work.env_id, steps, fastrl, "DDPG", sb3, 1.0)
+    return Workload(work.env_id, steps, fastrl, "DDPG", sb3)
 
 
 def sac_workload(steps: int, num_envs: int) -> Workload:
@@ -134,7 +133,7 @@ def sac_workload(steps: int, num_envs: int) -> Workload:
     fastrl = {k: v for k, v in work.fastrl.items() if k != "exploration_noise"}
     fastrl.update(algo="sac", policy_delay=1)
     sb3 = {k: v for k, v in work.sb3_kwargs.items() if k != "policy_delay"}
-    return Workload(work.env_id, steps, fastrl, "SAC", sb3, 1.0)
+    return Workload(work.env_id, steps, fastrl, "SAC", sb3)
 
 
 WORKLOADS = {"dqn": dqn_workload, "mountaincar": mountaincar_workload, "td3": td3_workload, "ddpg": ddpg_workload,
@@ -168,14 +167,21 @@ def peer_module(peer: str, device: str) -> types.ModuleType:
     return importlib.import_module(PEER_MODULES[peer])
 
 
+def unsupported_peer_envs(work: Workload, n_envs: list[int]) -> str | None:
+    """Why the peers cannot run `work` on these vector sizes (a tuned one-env schedule), or None."""
+    if work.sb3_schedule is not None and list(n_envs) != [1]:
+        return f"--sb3-envs: {work.env_id}'s DQN schedule is for one env; drop --sb3-envs"
+    return None
+
+
 def peer_kwargs(peer: str, work: Workload, n_envs: int) -> tuple[dict, float]:
     """The peer's constructor settings for `work` with `n_envs` envs, and its updates per transition."""
     kwargs = dict(work.sb3_kwargs)
     if work.sb3_algo == "DQN":
+        if (why := unsupported_peer_envs(work, [n_envs])) is not None:
+            raise SystemExit(f"compare_peers: {why}")
         if work.sb3_schedule is not None:  # a fixed one-env schedule
             train_freq, gradient_steps = work.sb3_schedule
-            if n_envs != 1:
-                raise SystemExit(f"compare_peers: {work.env_id}'s DQN schedule is for one env; drop --sb3-envs")
         else:  # one update per 10 transitions with n_envs envs: every 10 vector steps, n_envs updates
             train_freq, gradient_steps = 10, n_envs
         kwargs.update(train_freq=train_freq, gradient_steps=gradient_steps)
@@ -284,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or DEFAULT_STEPS.get(args.workload, 15_000)
     work = (dqn_workload(steps, args.fastrl_envs, args.dqn_loss) if args.workload == "dqn"
             else WORKLOADS[args.workload](steps, args.fastrl_envs))
-    if work.sb3_schedule is not None and args.sb3_envs != [1]:  # before any run
-        parser.error(f"--sb3-envs: {args.workload} runs the peers on one env (its tuned schedule is for one)")
+    if (why := unsupported_peer_envs(work, args.sb3_envs)) is not None:  # before any run
+        parser.error(why)
     peers = args.peers or [p for p in PEERS if installed(p)]
     missing = [p for p in peers if not installed(p)]
     if missing or not peers:
