@@ -101,7 +101,7 @@ def bytes_per_row(obs_shape: tuple[int, ...], obs_dtype: torch.dtype, action_sha
                   action_dtype: torch.dtype | None = None, *, frame_stack: int = 1, n_step: int = 1,
                   prioritized: bool = False) -> int:
     """Bytes one transition costs: its observation (or newest frame), scalars, two ring entries and,
-    prioritized, at most two float64 sum-tree nodes per row (the leaves round up to a power of two)."""
+    prioritized, 32 bytes of sum tree (a bound from 4 rows up: a large buffer's tree holds ~9 bytes a row)."""
     obs = math.prod(obs_shape) // frame_stack * torch.empty((), dtype=obs_dtype).element_size()
     scalars = 4 * _scalar_width(math.prod(action_shape), frame_stack, n_step)
     return obs + scalars + 2 * 8 + (32 if prioritized else 0)
@@ -682,6 +682,6 @@ class ReplayBuffer:
             history = state["stack_history"]
             self._stack_history = history.numpy().copy() if self._host else history.to(self.device).clone()
         if self._priorities is not None:
-            self._priorities.tree.tree.copy_(state["priority_tree"])
+            self._priorities.tree.load(state["priority_tree"])
             self._priorities.max_priority.copy_(state["max_priority"])
         self.generator.set_state(state["generator"])

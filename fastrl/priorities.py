@@ -63,7 +63,7 @@ class Priorities:
             return importance_weights(self.tree.values(rows), self.tree.total(), count, beta)
         flat = rows.reshape(-1).numpy()
         bases = np.empty(flat.shape[0], dtype=np.float64)
-        self._kernels.weight_bases(self.tree._tree_np, flat, self.tree.depth, count, bases)
+        self._kernels.weight_bases(self.tree._tree_np, flat, self.tree.first_leaf, count, bases)
         return self._normalized(bases, beta, rows.shape)
 
     def sample_weighted(self, shape: tuple[int, ...], generator: torch.Generator, count: int,
@@ -77,7 +77,7 @@ class Priorities:
         u = torch.rand(n, dtype=torch.float64, generator=generator)
         rows = np.empty(n, dtype=np.int64)
         bases = np.empty(n, dtype=np.float64)
-        self._kernels.draw_with_bases(self.tree._tree_np, u.numpy(), self.tree.depth, count, rows, bases)
+        self._kernels.draw_with_bases(self.tree._tree_np, u.numpy(), self.tree.offsets, count, rows, bases)
         return torch.from_numpy(rows.reshape(shape)), self._normalized(bases, beta, shape)
 
     def _normalized(self, bases: np.ndarray, beta: float | torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -99,7 +99,8 @@ class Priorities:
             new = np.empty(td.shape[0], dtype=np.float64)
             self._kernels.td_bases(td.numpy(), self.eps, new)
             torch.from_numpy(new).pow_(self.alpha)
-            self._kernels.set_priorities(self.tree._tree_np, rows.numpy(), new, self.tree.depth, self._max_np)
+            self._kernels.set_priorities(self.tree._tree_np, rows.numpy(), new, self.tree.offsets,
+                                         self.tree.level_nodes, self._max_np)
             return
         new = (td.to(torch.float64).abs() + self.eps).pow(self.alpha)
         new = torch.where(self.tree.values(rows) > 0, new, 0.0)

@@ -15,11 +15,14 @@ the same order. One file for both halves: numba's on-disk cache notices edits to
 cached function only, not to the njit functions it calls from other files.
 
 Both walks go level by level over all samples (levels outside, samples inside) and without
-branches on the data: a tree of a million leaves is 16 MB, so the lower levels of every path miss
-the caches, and one sample's path is a chain of dependent loads. Across samples the loads of a
-level are independent, so the CPU keeps many misses in flight at once, and a branch-free loop body
-has no mispredictions to throw that work away. Node ids are unsigned so that numba emits no
-negative-index wraparound code in the inner loops.
+branches on the data: the lower levels of a tree of a million leaves miss the caches, and one
+sample's path is a chain of dependent loads. Across samples the loads of a level are independent,
+so the CPU keeps many misses in flight at once, and a branch-free loop body has no mispredictions
+to throw that work away. A descent step picks its child by counting comparisons and reads the
+running sum to subtract from a small scratch array: written as a sum of (j == k) terms or as
+if-chains, LLVM turns the choice into jumps, which a random draw mispredicts (it made the descent
+2.5x slower). Node ids are unsigned so that numba emits no negative-index wraparound code in the
+inner loops.
 """
 
 from __future__ import annotations
@@ -29,91 +32,134 @@ import numpy as np
 
 
 @numba.njit(cache=True)
-def _descend(tree: np.ndarray, x: np.ndarray, depth: int, out: np.ndarray) -> None:
+def _descend(tree: np.ndarray, x: np.ndarray, offsets: np.ndarray, out: np.ndarray) -> None:
     """out[i] = the leaf whose prefix interval holds x[i]; x is scratch (overwritten)."""
     n = x.shape[0]
-    node = np.ones(n, dtype=np.uint64)
-    one = np.uint64(1)
-    for _ in range(depth):
+    node = np.zeros(n, dtype=np.uint64)
+    fanout = np.uint64(8)
+    before = np.zeros(8, dtype=np.float64)  # [k] = the running sum before child k (0.0 for k = 0)
+    for level in range(1, offsets.shape[0]):
+        start = np.uint64(offsets[level])
         for i in range(n):
-            left_child = node[i] << one
-            left = tree[left_child]
+            base = start + node[i] * fanout
+            c0 = tree[base]
+            c1 = tree[base + np.uint64(1)]
+            c2 = tree[base + np.uint64(2)]
+            c3 = tree[base + np.uint64(3)]
+            c4 = tree[base + np.uint64(4)]
+            c5 = tree[base + np.uint64(5)]
+            c6 = tree[base + np.uint64(6)]
+            c7 = tree[base + np.uint64(7)]
+            p0 = c0
+            p1 = p0 + c1
+            p2 = p1 + c2
+            p3 = p2 + c3
+            p4 = p3 + c4
+            p5 = p4 + c5
+            p6 = p5 + c6
             xi = x[i]
-            go_right = (xi >= left) & (tree[left_child + one] > 0.0)
-            # The torch backend's x - left * go_right: left * 1.0 is left, x - 0.0 is x (a select,
-            # not a multiply, in the machine code).
-            x[i] = xi - (left if go_right else 0.0)
-            node[i] = left_child + np.uint64(go_right)
-    first_leaf = 1 << depth
+            took = (np.uint64(xi >= p0) + np.uint64(xi >= p1) + np.uint64(xi >= p2) + np.uint64(xi >= p3)
+                    + np.uint64(xi >= p4) + np.uint64(xi >= p5) + np.uint64(xi >= p6))
+            # The last positive child's index, from suffix sums (a sum of non-negatives is positive
+            # iff one of them is): adds and compares, where or-ing the tests compiled to jumps.
+            q7 = c7
+            q6 = c6 + q7
+            q5 = c5 + q6
+            q4 = c4 + q5
+            q3 = c3 + q4
+            q2 = c2 + q3
+            q1 = c1 + q2
+            last_positive = (np.uint64(q1 > 0.0) + np.uint64(q2 > 0.0) + np.uint64(q3 > 0.0) + np.uint64(q4 > 0.0)
+                             + np.uint64(q5 > 0.0) + np.uint64(q6 > 0.0) + np.uint64(q7 > 0.0))
+            took = min(took, last_positive)
+            before[1] = p0
+            before[2] = p1
+            before[3] = p2
+            before[4] = p3
+            before[5] = p4
+            before[6] = p5
+            before[7] = p6
+            x[i] = xi - before[took]  # xi - 0.0 for the first child: the torch backend's float
+            node[i] = node[i] * fanout + took
     for i in range(n):
-        out[i] = np.int64(node[i]) - first_leaf
+        out[i] = np.int64(node[i])
 
 
 @numba.njit(cache=True)
-def find(tree: np.ndarray, u: np.ndarray, depth: int, out: np.ndarray) -> None:
+def find(tree: np.ndarray, u: np.ndarray, offsets: np.ndarray, out: np.ndarray) -> None:
     """out[i] = the leaf whose prefix interval holds u[i]; a child with sum 0 is never entered."""
-    _descend(tree, u.astype(np.float64), depth, out)
+    _descend(tree, u.astype(np.float64), offsets, out)
 
 
 @numba.njit(cache=True)
-def draw(tree: np.ndarray, u: np.ndarray, depth: int, out: np.ndarray) -> None:
+def draw(tree: np.ndarray, u: np.ndarray, offsets: np.ndarray, out: np.ndarray) -> None:
     """find(u * total): u uniform in [0, 1)."""
     x = np.empty(u.shape[0], dtype=np.float64)
-    total = tree[1]
+    total = tree[0]
     for i in range(u.shape[0]):
         x[i] = u[i] * total
-    _descend(tree, x, depth, out)
+    _descend(tree, x, offsets, out)
 
 
 @numba.njit(cache=True)
-def update(tree: np.ndarray, leaves: np.ndarray, values: np.ndarray, depth: int) -> None:
+def _sum_children(tree: np.ndarray, base: np.uint64) -> float:
+    """((c0 + c1) + c2) + ... + c7 of the 8 children from `base`, strictly left to right."""
+    total = tree[base]
+    for k in range(1, 8):
+        total = total + tree[base + np.uint64(k)]
+    return total
+
+
+@numba.njit(cache=True)
+def update(tree: np.ndarray, leaves: np.ndarray, values: np.ndarray, offsets: np.ndarray,
+           level_nodes: np.ndarray) -> None:
     """Set leaves[i] to values[i] (where a leaf repeats, its largest value wins), then re-sum
-    every ancestor of a changed leaf from its two children, one level at a time (a parent reached
+    every ancestor of a changed leaf from its children, one level at a time (a parent reached
     twice gets the same sum twice)."""
-    first_leaf = np.uint64(1 << depth)
+    depth = offsets.shape[0] - 1
+    first_leaf = np.uint64(offsets[depth])
+    fanout = np.uint64(8)
     n = leaves.shape[0]
-    node = np.empty(n, dtype=np.uint64)
+    node = np.empty(n, dtype=np.uint64)  # ids within their level
     for i in range(n):
-        node[i] = first_leaf + np.uint64(leaves[i])
-        tree[node[i]] = 0.0
+        node[i] = np.uint64(leaves[i])
+        tree[first_leaf + node[i]] = 0.0
     for i in range(n):
-        if values[i] > tree[node[i]]:
-            tree[node[i]] = values[i]
-    one = np.uint64(1)
-    level = depth  # the level of node[i]; level L holds the nodes [2^L, 2^(L+1))
-    while level > 0 and (1 << (level - 1)) > n:
-        for i in range(n):
-            parent = node[i] >> one
-            left_child = parent << one
-            tree[parent] = tree[left_child] + tree[left_child + one]
-            node[i] = parent
-        level -= 1
-    # Levels of no more nodes than changed leaves: re-summing all of a level costs less than one
-    # sum per path, and gives the same floats (every inner node already is the sum of its children).
-    for parent_level in range(level - 1, -1, -1):
-        for parent in range(1 << parent_level, 2 << parent_level):
-            tree[parent] = tree[2 * parent] + tree[2 * parent + 1]
+        if values[i] > tree[first_leaf + node[i]]:
+            tree[first_leaf + node[i]] = values[i]
+    for level in range(depth - 1, -1, -1):  # the parents' level
+        parent_start = np.uint64(offsets[level])
+        child_start = np.uint64(offsets[level + 1])
+        if level_nodes[level] <= n:
+            # A level of no more nodes than changed leaves: re-summing all of it costs less than
+            # one sum per path, and gives the same floats (every node is the sum of its children).
+            for parent in range(np.uint64(level_nodes[level])):
+                tree[parent_start + parent] = _sum_children(tree, child_start + parent * fanout)
+        else:
+            for i in range(n):
+                parent = node[i] // fanout
+                tree[parent_start + parent] = _sum_children(tree, child_start + parent * fanout)
+                node[i] = parent
 
 
 # --- the loops of fastrl.priorities ---
 
 
 @numba.njit(cache=True)
-def weight_bases(tree: np.ndarray, rows: np.ndarray, depth: int, count: int, out: np.ndarray) -> None:
+def weight_bases(tree: np.ndarray, rows: np.ndarray, first_leaf: int, count: int, out: np.ndarray) -> None:
     """out[i] = count * p[rows[i]] / total, the base that `importance_weights` raises to -beta."""
-    first_leaf = 1 << depth
     scale = np.float64(count)
-    total = tree[1]
+    total = tree[0]
     for i in range(rows.shape[0]):
         out[i] = scale * tree[first_leaf + rows[i]] / total
 
 
 @numba.njit(cache=True)
-def draw_with_bases(tree: np.ndarray, u: np.ndarray, depth: int, count: int, rows: np.ndarray,
+def draw_with_bases(tree: np.ndarray, u: np.ndarray, offsets: np.ndarray, count: int, rows: np.ndarray,
                     bases: np.ndarray) -> None:
     """rows = the tree's draws for the uniforms u, and their weight bases (see weight_bases)."""
-    draw(tree, u, depth, rows)
-    weight_bases(tree, rows, depth, count, bases)
+    draw(tree, u, offsets, rows)
+    weight_bases(tree, rows, offsets[-1], count, bases)
 
 
 @numba.njit(cache=True)
@@ -140,11 +186,11 @@ def td_bases(td: np.ndarray, eps: float, out: np.ndarray) -> None:
 
 
 @numba.njit(cache=True)
-def set_priorities(tree: np.ndarray, leaves: np.ndarray, new: np.ndarray, depth: int,
-                   max_priority: np.ndarray) -> None:
+def set_priorities(tree: np.ndarray, leaves: np.ndarray, new: np.ndarray, offsets: np.ndarray,
+                   level_nodes: np.ndarray, max_priority: np.ndarray) -> None:
     """Priorities.update after the power: a row whose priority is 0 (dropped since it was drawn)
     stays at 0, the running maximum takes in the new priorities, and the tree takes them."""
-    first_leaf = 1 << depth
+    first_leaf = offsets[-1]
     largest = max_priority[0]
     for i in range(leaves.shape[0]):
         if not tree[first_leaf + leaves[i]] > 0.0:
@@ -152,4 +198,4 @@ def set_priorities(tree: np.ndarray, leaves: np.ndarray, new: np.ndarray, depth:
         if (new[i] > largest or new[i] != new[i]) and largest == largest:
             largest = new[i]
     max_priority[0] = largest
-    update(tree, leaves, new, depth)
+    update(tree, leaves, new, offsets, level_nodes)

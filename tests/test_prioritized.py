@@ -57,7 +57,7 @@ def test_numba_draws_and_level_by_level_updates_equal_the_torch_tree_on_random_t
     several sizes, updates smaller and larger than a level (repeated leaves, zero leaves, a tree
     emptied and refilled), the trees and the draws from uniforms stay bit-identical to torch's."""
     rng = np.random.default_rng(11)
-    for num_leaves in (1, 2, 3, 64, 1000, 5000):
+    for num_leaves in (1, 2, 3, 8, 9, 64, 65, 1000, 5000):  # around the fanout's powers
         numba_tree, torch_tree = SumTree(num_leaves, "cpu", "numba"), SumTree(num_leaves, "cpu", "torch")
         for op in range(25):
             n = int(rng.choice([1, 2, 7, 100, 3 * num_leaves]))
@@ -244,6 +244,33 @@ def test_a_prioritized_buffer_round_trips_through_its_state_dict():
     copy.load_state_dict(buf.state_dict())
     assert torch.equal(copy.sample_rows(2, 50), buf.sample_rows(2, 50))
     assert torch.equal(copy._priorities.max_priority, buf._priorities.max_priority)
+
+
+def binary_tree(leaf_values: torch.Tensor) -> torch.Tensor:
+    """The sum tree as checkpoints before the 8-ary layout hold it: 2P float64 nodes, node i the
+    sum of 2i and 2i + 1, leaf j at P + j, P = the leaves rounded up to a power of two."""
+    first_leaf = 1 << max(1, int(leaf_values.numel() - 1).bit_length())
+    tree = torch.zeros(2 * first_leaf, dtype=torch.float64)
+    tree[first_leaf: first_leaf + leaf_values.numel()] = leaf_values
+    for node in range(first_leaf - 1, 0, -1):
+        tree[node] = tree[2 * node] + tree[2 * node + 1]
+    return tree
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_checkpoint_with_the_binary_tree_of_older_versions_still_loads(backend):
+    buf, _ = filled("numba", seed=12)
+    buf.update_priorities(buf.sampleable_rows()[:30], torch.linspace(0.1, 9.0, 30))
+    state = buf.state_dict()
+    state["priority_tree"] = binary_tree(buf.priorities(torch.arange(buf._priorities.tree.num_leaves)))
+    copy = ReplayBuffer(200, 4, (3,), torch.float32, (), torch.int64, "cpu", prioritized=True, per_alpha=ALPHA,
+                        per_eps=EPS, per_backend=backend)
+    copy.load_state_dict(state)
+    assert torch.equal(copy._priorities.tree.tree, buf._priorities.tree.tree)  # every sum rebuilt exactly
+    assert torch.equal(copy.sample_rows(2, 50), buf.sample_rows(2, 50))
+    state["priority_tree"] = torch.zeros(100, dtype=torch.float64)
+    with pytest.raises(ValueError, match="does not fit this buffer's tree"):
+        copy.load_state_dict(state)
 
 
 def test_prioritized_sampling_needs_beta_and_a_uniform_buffer_has_no_priorities():
