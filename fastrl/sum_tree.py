@@ -75,7 +75,9 @@ class SumTree:
         # Level l + 1 as rows of 8: row j = the children of node j of level l, for l from the root.
         self._child_groups = [tree[start: start + FANOUT * int(parents)].reshape(-1, FANOUT)
                               for start, parents in zip(self.offsets[1:], self.level_nodes[:-1])]
-        self._parents = [tree[start: start + int(parents)] for start, parents in zip(self.offsets, self.level_nodes)]
+        self._parents = [tree[start: start + int(nodes)]  # the inner levels, root first
+                         for start, nodes in zip(self.offsets[:-1], self.level_nodes[:-1])]
+        self._child_index = torch.arange(FANOUT, device=self.device)
         if self.backend == "numba":
             from fastrl import sum_tree_kernels  # numba: only here, at first use
 
@@ -103,7 +105,7 @@ class SumTree:
         if self.backend == "numpy":
             flat = u.reshape(-1).numpy()
             return torch.from_numpy(_descend_numpy(self._child_groups, flat)).view(u.shape)
-        return _descend_torch(self._child_groups, u)
+        return _descend_torch(self._child_groups, u, self._child_index)
 
     def draw(self, u: torch.Tensor) -> torch.Tensor:
         """Leaf ids (int64, 1-d) of the uniforms u (float64 in [0, 1), 1-d): find(u * total)."""
@@ -137,7 +139,7 @@ class SumTree:
     def load(self, saved: torch.Tensor) -> None:
         """Take a saved tree's values: this layout's tensor, or the binary tree of checkpoints
         written before the 8-ary layout (2P nodes, leaf j at P + j, P = num_leaves rounded up to a
-        power of two), whose leaves are kept and every sum rebuilt."""
+        power of two), whose leaves are kept and every sum rebuilt by one update of all leaves."""
         if saved.shape == self.tree.shape:
             self.tree.copy_(saved)
             return
@@ -147,11 +149,8 @@ class SumTree:
                              f"{self.num_leaves} leaves (expected {self.tree.numel()} nodes, or {2 * binary_leaves} "
                              "in the binary layout of older checkpoints)")
         self.tree.zero_()
-        self.tree[self.first_leaf: self.first_leaf + self.num_leaves] = saved[binary_leaves: binary_leaves
-                                                                              + self.num_leaves]
-        for children, parents in zip(reversed(self._child_groups), reversed(self._parents[:-1])):
-            sums = _sequential_sums(torch.as_tensor(children), torch.stack)[:, -1]
-            torch.as_tensor(parents).copy_(sums[: parents.shape[0]])
+        self.update(torch.arange(self.num_leaves, device=self.device),
+                    saved[binary_leaves: binary_leaves + self.num_leaves].to(self.device))
 
 
 def _sequential_sums(children, stack):
@@ -163,10 +162,10 @@ def _sequential_sums(children, stack):
     return stack(columns, -1)
 
 
-def _descend_torch(child_groups, u: torch.Tensor) -> torch.Tensor:
-    """All draws down the tree at once, one level per step, in torch ops on u's device."""
+def _descend_torch(child_groups, u: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """All draws down the tree at once, one level per step, in torch ops on u's device; index is
+    arange(8) there."""
     node = torch.zeros(u.shape, dtype=torch.int64, device=u.device)
-    index = torch.arange(FANOUT, device=u.device)
     for children in child_groups:
         kids = children[node]
         sums = _sequential_sums(kids, torch.stack)
@@ -199,6 +198,6 @@ def _resum(child_groups, parents, leaves, stack) -> None:
     """Re-sum the ancestors of `leaves` level by level, bottom up (a parent reached twice gets the
     same sum twice); numpy arrays or torch tensors."""
     nodes = leaves
-    for children, parent_level in zip(reversed(child_groups), reversed(parents[:-1])):
+    for children, parent_level in zip(reversed(child_groups), reversed(parents)):
         nodes = nodes // FANOUT
         parent_level[nodes] = _sequential_sums(children[nodes], stack)[..., -1]
