@@ -21,14 +21,28 @@ so the CPU keeps many misses in flight at once, and a branch-free loop body has 
 to throw that work away. A descent step picks its child by counting comparisons and reads the
 running sum to subtract from a small scratch array: written as a sum of (j == k) terms or as
 if-chains, LLVM turns the choice into jumps, which a random draw mispredicts (it made the descent
-2.5x slower). Node ids are unsigned so that numba emits no negative-index wraparound code in the
-inner loops.
+2.5x slower). The one jump left, to the last positive child when rounding put x at or past a
+node's sum, is taken almost never, so it is predicted right, and it spares every step the branch-free cap
+(suffix sums and tests over the 8 children, some 20 operations). It is the same cap: a child of
+sum 0 is reached only past the last positive one (before it, p_j = p_(j-1) leaves no x with
+p_(j-1) <= x < p_j). Node ids are unsigned so that
+numba emits no negative-index wraparound code in the inner loops.
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
+
+
+@numba.njit(cache=True)
+def _last_positive(tree: np.ndarray, base: np.uint64) -> np.uint64:
+    """The index of the last of the 8 children from `base` with a positive sum (0 if none is)."""
+    last = np.uint64(0)
+    for k in range(1, 8):
+        if tree[base + np.uint64(k)] > 0.0:
+            last = np.uint64(k)
+    return last
 
 
 @numba.njit(cache=True)
@@ -49,7 +63,6 @@ def _descend(tree: np.ndarray, x: np.ndarray, offsets: np.ndarray, out: np.ndarr
             c4 = tree[base + np.uint64(4)]
             c5 = tree[base + np.uint64(5)]
             c6 = tree[base + np.uint64(6)]
-            c7 = tree[base + np.uint64(7)]
             p0 = c0
             p1 = p0 + c1
             p2 = p1 + c2
@@ -60,18 +73,8 @@ def _descend(tree: np.ndarray, x: np.ndarray, offsets: np.ndarray, out: np.ndarr
             xi = x[i]
             took = (np.uint64(xi >= p0) + np.uint64(xi >= p1) + np.uint64(xi >= p2) + np.uint64(xi >= p3)
                     + np.uint64(xi >= p4) + np.uint64(xi >= p5) + np.uint64(xi >= p6))
-            # The last positive child's index, from suffix sums (a sum of non-negatives is positive
-            # iff one of them is): adds and compares, where or-ing the tests compiled to jumps.
-            q7 = c7
-            q6 = c6 + q7
-            q5 = c5 + q6
-            q4 = c4 + q5
-            q3 = c3 + q4
-            q2 = c2 + q3
-            q1 = c1 + q2
-            last_positive = (np.uint64(q1 > 0.0) + np.uint64(q2 > 0.0) + np.uint64(q3 > 0.0) + np.uint64(q4 > 0.0)
-                             + np.uint64(q5 > 0.0) + np.uint64(q6 > 0.0) + np.uint64(q7 > 0.0))
-            took = min(took, last_positive)
+            if not tree[base + took] > 0.0:  # rare (rounding put x at or past the node's sum): a jump
+                took = _last_positive(tree, base)  # that is almost never taken costs nothing
             before[1] = p0
             before[2] = p1
             before[3] = p2
