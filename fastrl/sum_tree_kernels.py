@@ -14,19 +14,18 @@ Everything else performs the float operations of the torch expressions in `fastr
 the same order. One file for both halves: numba's on-disk cache notices edits to the file of a
 cached function only, not to the njit functions it calls from other files.
 
-Both walks go level by level over all samples (levels outside, samples inside) and without
-branches on the data: the lower levels of a tree of a million leaves miss the caches, and one
-sample's path is a chain of dependent loads. Across samples the loads of a level are independent,
-so the CPU keeps many misses in flight at once, and a branch-free loop body has no mispredictions
-to throw that work away. A descent step picks its child by counting comparisons and reads the
-running sum to subtract from a small scratch array: written as a sum of (j == k) terms or as
-if-chains, LLVM turns the choice into jumps, which a random draw mispredicts (it made the descent
-2.5x slower). The one jump left, to the last positive child when rounding put x at or past a
-node's sum, is taken almost never, so it is predicted right, and it spares every step the branch-free cap
-(suffix sums and tests over the 8 children, some 20 operations). It is the same cap: a child of
-sum 0 is reached only past the last positive one (before it, p_j = p_(j-1) leaves no x with
-p_(j-1) <= x < p_j). Node ids are unsigned so that
-numba emits no negative-index wraparound code in the inner loops.
+Both walks go level by level over all samples (levels outside, samples inside) and without branches
+on the data: the lower levels of a tree of a million leaves miss the caches, and one sample's path
+is a chain of dependent loads. Across samples the loads of a level are independent, so the CPU keeps
+many misses in flight at once, and a branch-free loop body has no mispredictions to throw that work
+away. A descent step picks its child by counting comparisons and reads the running sum to subtract
+from a small scratch array: written as a sum of (j == k) terms or as if-chains, LLVM turns the
+choice into jumps, which a random draw mispredicts (it made the descent 2.5x slower). The one jump
+left, to the last positive child when rounding put x at or past a node's sum, is taken almost never,
+so it is predicted right, and it spares every step the branch-free cap (suffix sums and tests over
+the 8 children, some 20 operations). It is the same cap: a child of sum 0 is reached only past the
+last positive one (before it, p_j = p_(j-1) leaves no x with p_(j-1) <= x < p_j). Node ids are
+unsigned so that numba emits no negative-index wraparound code in the inner loops.
 """
 
 from __future__ import annotations
