@@ -3,10 +3,11 @@
 Layout: each env owns a contiguous stream of rows (env-major). Row (e, t) holds the observation
 env e acted on at its t-th stored step, and the reward, terminated flag and action of that step.
 The next observation of row (e, t) is the observation of row (e, t + 1), so observations are stored
-once, and a one-step transition is read by ONE gather of two adjacent rows through a strided
-"pair view" of the storage. Each stream has `n_step` spare slots at its end that mirror its first
-slots, so a window that runs past the last slot needs no modulo, and, with frame stacks, S - 1 spare
-slots at its start that mirror its last slots, for the stacks of the first slots.
+once, and a one-step transition is read by ONE gather through a strided "pair view" of the
+storage: row (e, t) and the observation of row (e, t + 1), contiguous in memory. Each stream has
+`n_step` spare slots at its end that mirror its first slots, so a window that runs past the last
+slot needs no modulo, and, with frame stacks, S - 1 spare slots at its start that mirror its last
+slots, for the stacks of the first slots.
 
 For vector observations the row is packed: [obs | reward | terminated | action] in one float32
 tensor, so a whole mini-batch is one index_select. Image observations keep their dtype (uint8)
@@ -21,7 +22,8 @@ one (`fastrl.nstep`): no second copy of the data. Batches then carry `discount` 
 
 Prioritized replay (`prioritized=True`): rows are drawn from a sum tree over the row ids in
 proportion to their priorities (`fastrl.priorities`); batches carry importance `weights` and the
-row `indices` to pass back to `update_priorities`.
+row `indices` to pass back to `update_priorities`. On the numba tree (CPU) with packed one-step
+rows, the tree's last numba call also copies the drawn pairs out: no index_select.
 
 Rows that are not real transitions are stored but never sampled:
 - the auto-reset row: the step taken on it was the env's auto-reset step, which ignored the action,
@@ -201,8 +203,9 @@ class ReplayBuffer:
             self._row_width = self._frame_size
             self.frames = torch.zeros((total_rows, self._frame_size), dtype=obs_dtype, device=self.device)
             self.scalars = torch.zeros((total_rows, scalar_width), dtype=torch.float32, device=self.device)
-        # pairs[r] = row r followed by row r + 1: (obs, next obs) in one gather.
-        self._pairs = self.frames.as_strided((total_rows - 1, 2 * self._row_width), (self._row_width, 1))
+        # pairs[r] = row r followed by row r + 1's observation: (obs, [scalars,] next obs) in one gather.
+        self._pair_width = self._row_width + self._frame_size
+        self._pairs = self.frames.as_strided((total_rows - 1, self._pair_width), (self._row_width, 1))
         # windows[r] = the scalar columns of rows r .. r + n - 1: an n-step window in one gather.
         store, first_col = (self.frames, self._frame_size) if self._packed else (self.scalars, 0)
         width = store.shape[1]
@@ -239,6 +242,10 @@ class ReplayBuffer:
         self._gamma_powers = gamma_powers(gamma, n_step, self.device) if n_step > 1 else None
         self._priorities = (Priorities(total_rows, self.device, per_alpha, per_eps, per_backend)
                             if prioritized else None)
+        # A numba tree copies the drawn one-step pairs out of the packed rows in its own last call.
+        fused = (prioritized and self._priorities.tree.backend == "numba" and self._packed and self._host
+                 and n_step == 1 and frame_stack == 1)
+        self._pair_storage = self._frames_np.reshape(-1) if fused else None
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
 
@@ -578,16 +585,22 @@ class ReplayBuffer:
         stacked = len(lead) != 1  # [k, B] rows: the gathered rows get their leading dims back
         flat = rows.reshape(-1) if stacked else rows
         pairs = self._pairs.index_select(0, flat)
+        scalars = None if self._packed else self.scalars.index_select(0, flat)
+        return self._split_pairs(pairs, scalars, lead)
+
+    def _split_pairs(self, pairs: torch.Tensor, scalars: torch.Tensor | None, lead: torch.Size) -> Batch:
+        """The Batch of gathered pairs ([prod(lead), pair width]; and the scalar rows when they
+        are not packed), with leading dims `lead`."""
+        stacked = len(lead) != 1
         if stacked:
-            pairs = pairs.view(*lead, 2 * self._row_width)
+            pairs = pairs.view(*lead, self._pair_width)
         d, a = self._obs_size, self._act_size
         # One split_with_sizes and one unbind: each torch call here costs ~1-3 us warm and ~10 us in
         # the training loop's cold caches, so the fields come out of the fewest calls.
         if self._packed:
-            obs, reward_terminated, actions, next_obs, _ = pairs.split_with_sizes([d, 2, a, d, 2 + a], dim=-1)
+            obs, reward_terminated, actions, next_obs = pairs.split_with_sizes([d, 2, a, d], dim=-1)
         else:
             obs, next_obs = pairs.split_with_sizes([d, d], dim=-1)
-            scalars = self.scalars.index_select(0, flat)
             if stacked:
                 scalars = scalars.view(*lead, 2 + a)
             reward_terminated, actions = scalars.split_with_sizes([2, a], dim=-1)
@@ -608,8 +621,13 @@ class ReplayBuffer:
         if self._size == 0:
             raise RuntimeError("sample() on a replay buffer with no complete transition")
         shape = (num_batches, batch_size) if stacked else (batch_size,)
-        rows, weights = self._priorities.sample_weighted(shape, self.generator, self._size, beta)
-        batch = self.gather(rows)
+        if self._pair_storage is not None:
+            rows, weights, pairs = self._priorities.sample_pairs(shape, self.generator, self._size, beta,
+                                                                 self._pair_storage, self._row_width, self._pair_width)
+            batch = self._split_pairs(torch.from_numpy(pairs), None, rows.shape)
+        else:
+            rows, weights = self._priorities.sample_weighted(shape, self.generator, self._size, beta)
+            batch = self.gather(rows)
         batch.weights, batch.indices = weights, rows
         return batch
 

@@ -42,6 +42,7 @@ class Priorities:
         if self.tree.backend == "numba":
             self._kernels = self.tree._kernels
             self._max_np = self.max_priority.view(1).numpy()  # stays valid: loads copy in place
+            self._scratch_arrays: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
 
     def replace(self, removed: torch.Tensor, added: torch.Tensor) -> None:
         """`removed` rows can no longer be sampled (priority 0); `added` rows now can, at the
@@ -70,22 +71,56 @@ class Priorities:
                         beta: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """sample(prod(shape)) as rows of `shape` ([..., B]), and their weights: on the numba tree,
         the draw and the weights' bases in one pass."""
-        n = math.prod(shape)
         if self._kernels is None:
-            rows = self.sample(n, generator).view(shape)
+            rows = self.sample(math.prod(shape), generator).view(shape)
             return rows, self.weights(rows, count, beta)
-        u = torch.rand(n, dtype=torch.float64, generator=generator)
+        rows, powered = self._draw_powered(math.prod(shape), generator, count, beta)
+        out = np.empty(rows.shape[0], dtype=np.float32)
+        self._kernels.normalize_weights(powered, shape[-1], out)
+        return torch.from_numpy(rows.reshape(shape)), torch.from_numpy(out.reshape(shape))
+
+    def sample_pairs(self, shape: tuple[int, ...], generator: torch.Generator, count: int, beta: float | torch.Tensor,
+                     storage: np.ndarray, row_width: int, pair_width: int
+                     ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """sample_weighted, and the drawn rows' pairs (the pair_width values from row r's first) of a
+        packed buffer's `storage` (flat, `row_width` values a row) as [prod(shape), pair_width]: the draw and
+        the weights as sample_weighted makes them, the gather in the same numba call as the weights'
+        normalization. Numba tree only."""
+        n = math.prod(shape)
+        rows, powered = self._draw_powered(n, generator, count, beta)
+        weights = np.empty(n, dtype=np.float32)
+        pairs = np.empty(n * pair_width, dtype=storage.dtype)
+        self._kernels.weights_and_pairs(powered, shape[-1], weights, storage, row_width, pair_width, rows, pairs)
+        return (torch.from_numpy(rows.reshape(shape)), torch.from_numpy(weights.reshape(shape)),
+                pairs.reshape(n, pair_width))
+
+    def _draw_powered(self, n: int, generator: torch.Generator, count: int, beta: float | torch.Tensor
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """Numba tree: n drawn rows, and their weights' bases raised to -beta (not yet normalized).
+        The power stays in torch, as on the torch tree."""
+        uniforms, uniforms_np = self._scratch("uniforms", n)
+        uniforms.uniform_(generator=generator)  # torch.rand's numbers, without its allocation
+        bases, bases_np = self._scratch("bases", n)
         rows = np.empty(n, dtype=np.int64)
-        bases = np.empty(n, dtype=np.float64)
-        self._kernels.draw_with_bases(self.tree._tree_np, u.numpy(), self.tree.offsets, count, rows, bases)
-        return torch.from_numpy(rows.reshape(shape)), self._normalized(bases, beta, shape)
+        self._kernels.draw_with_bases(self.tree._tree_np, uniforms_np, self.tree.offsets, count, rows, bases_np)
+        bases.pow_(-beta)
+        return rows, bases_np
+
+    def _scratch(self, name: str, n: int) -> tuple[torch.Tensor, np.ndarray]:
+        """A float64 array of n values held between calls, as a tensor and as its numpy view: the
+        numba tree's intermediates, each used up within the call that fills it."""
+        held = self._scratch_arrays.get(name)
+        if held is None or held[1].shape[0] != n:
+            array = torch.empty(n, dtype=torch.float64)
+            held = self._scratch_arrays[name] = (array, array.numpy())
+        return held
 
     def _normalized(self, bases: np.ndarray, beta: float | torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         """importance_weights from its bases: the power in torch, the normalization in numba."""
-        w = torch.from_numpy(bases).pow_(-beta).numpy().reshape(-1, shape[-1])
-        out = np.empty(shape, dtype=np.float32)
-        self._kernels.normalize_weights(w, out.reshape(w.shape))
-        return torch.from_numpy(out)
+        torch.from_numpy(bases).pow_(-beta)
+        out = np.empty(bases.shape[0], dtype=np.float32)
+        self._kernels.normalize_weights(bases, shape[-1], out)
+        return torch.from_numpy(out.reshape(shape))
 
     def update(self, rows: torch.Tensor, td_errors: torch.Tensor) -> None:
         """p = (|td| + eps)^alpha for rows still sampleable; a row dropped since it was drawn
@@ -96,10 +131,10 @@ class Priorities:
         if self._kernels is not None:
             if td.dtype not in (torch.float32, torch.float64):
                 td = td.to(torch.float64)  # exact, as the float64 cast below
-            new = np.empty(td.shape[0], dtype=np.float64)
-            self._kernels.td_bases(td.numpy(), self.eps, new)
-            torch.from_numpy(new).pow_(self.alpha)
-            self._kernels.set_priorities(self.tree._tree_np, rows.numpy(), new, self.tree.offsets,
+            new, new_np = self._scratch("priorities", td.shape[0])
+            self._kernels.td_bases(td.numpy(), self.eps, new_np)
+            new.pow_(self.alpha)
+            self._kernels.set_priorities(self.tree._tree_np, rows.numpy(), new_np, self.tree.offsets,
                                          self.tree.level_nodes, self._max_np)
             return
         new = (td.to(torch.float64).abs() + self.eps).pow(self.alpha)

@@ -7,7 +7,8 @@ They perform, per sample and per leaf, exactly the float operations of the vecto
 the sampled leaves are bit-identical across backends.
 
 The second half holds the loops of `fastrl.priorities` on a numba tree: each replaces a run of
-small torch ops (a few microseconds each on a CPU) with one call over preallocated arrays. The
+small torch ops (a few microseconds each on a CPU) with one call over preallocated arrays; the
+copy of the drawn rows out of a packed replay buffer rides along with the weights' normalization. The
 powers, (|td| + eps)^alpha and the weights' ^-beta, stay in torch: its vectorized pow is not
 bit-identical to libm's, and the numba tree must hold and draw exactly what the torch tree does.
 Everything else performs the float operations of the torch expressions in `fastrl.priorities`, in
@@ -165,19 +166,47 @@ def draw_with_bases(tree: np.ndarray, u: np.ndarray, offsets: np.ndarray, count:
 
 
 @numba.njit(cache=True)
-def normalize_weights(w: np.ndarray, out: np.ndarray) -> None:
-    """out[k, i] = float32(w[k, i] / max_i w[k, i]): each mini-batch's weights over its largest
-    (a NaN propagates to the maximum, as torch.amax does)."""
-    if w.shape[1] == 0:
+def normalize_weights(w: np.ndarray, batch_size: int, out: np.ndarray) -> None:
+    """out[i] = float32(w[i] / the largest w of i's mini-batch), the mini-batches being the runs of
+    `batch_size` values of w (a NaN propagates to the maximum, as torch.amax does). Flat arrays:
+    each reshape a caller saves is a microsecond of the prioritized pair."""
+    if batch_size == 0:
         return
-    for k in range(w.shape[0]):
-        largest = w[k, 0]
-        for i in range(1, w.shape[1]):
-            if w[k, i] > largest or w[k, i] != w[k, i]:
+    for first in range(0, w.shape[0], batch_size):
+        largest = w[first]
+        for i in range(first + 1, first + batch_size):
+            if w[i] > largest or w[i] != w[i]:
                 if largest == largest:
-                    largest = w[k, i]
-        for i in range(w.shape[1]):
-            out[k, i] = np.float32(w[k, i] / largest)
+                    largest = w[i]
+        for i in range(first, first + batch_size):
+            out[i] = np.float32(w[i] / largest)
+
+
+@numba.njit(cache=True)
+def _copy_pairs(flat: np.ndarray, row_width: int, pair_width: int, rows: np.ndarray, pairs: np.ndarray) -> None:
+    """pairs[i*p : (i+1)*p] = flat[rows[i]*w : rows[i]*w + p] for row width w and pair width p:
+    row r and the observation of row r + 1 of a buffer's packed storage, as its pair view's
+    index_select gathers them. The indices are unsigned so that LLVM vectorizes the copy (with
+    signed ones, numba's negative-index handling keeps it scalar)."""
+    w = np.uint64(row_width)
+    span = np.uint64(pair_width)
+    end = np.uint64(flat.shape[0])
+    for i in range(rows.shape[0]):
+        if rows[i] < 0 or np.uint64(rows[i]) * w + span > end:
+            raise IndexError("a drawn row lies outside the replay buffer's storage")
+        src = np.uint64(rows[i]) * w
+        dst = np.uint64(i) * span
+        for j in range(span):
+            pairs[dst + j] = flat[src + j]
+
+
+@numba.njit(cache=True)
+def weights_and_pairs(w: np.ndarray, batch_size: int, weights: np.ndarray, flat: np.ndarray, row_width: int,
+                      pair_width: int, rows: np.ndarray, pairs: np.ndarray) -> None:
+    """normalize_weights(w, batch_size, weights), and the drawn rows' pairs copied out of the
+    buffer's storage (see _copy_pairs): one call where a separate index_select costs a torch op."""
+    normalize_weights(w, batch_size, weights)
+    _copy_pairs(flat, row_width, pair_width, rows, pairs)
 
 
 @numba.njit(cache=True)

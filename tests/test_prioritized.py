@@ -222,11 +222,17 @@ def test_an_update_for_a_row_dropped_since_its_draw_leaves_it_at_zero(backend):
 @pytest.mark.parametrize("host_views", [True, False], ids=["numpy-views", "torch-views"])
 def test_backends_draw_the_same_rows_and_hold_the_same_trees(host_views):
     buffers = [filled(backend, seed=8, host_views=host_views)[0] for backend in BACKENDS]
+    assert (buffers[0]._pair_storage is not None) == host_views  # numba copies the pairs itself
     for round_ in range(5):
         batches = [buf.sample_batches(2, 32, beta=0.5) for buf in buffers]
         for batch in batches[1:]:
             for mine, ref in zip(batch, batches[0]):
                 assert torch.equal(mine.indices, ref.indices) and torch.equal(mine.weights, ref.weights)
+        for buf, batch in zip(buffers, batches):  # the numba tree's own gather of the pairs included
+            for part in batch:
+                ref = buf.gather(part.indices)
+                for field in ("obs", "actions", "rewards", "next_obs", "terminated"):
+                    assert torch.equal(getattr(part, field), getattr(ref, field)), field
         td = torch.rand(2, 32, generator=torch.Generator().manual_seed(round_))
         for buf, batch in zip(buffers, batches):
             for part, errors in zip(batch, td):
@@ -234,6 +240,17 @@ def test_backends_draw_the_same_rows_and_hold_the_same_trees(host_views):
             buf.add(torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), torch.randn(4), torch.zeros(4),
                     np.array([True, round_ % 2 == 0, True, True]))
     assert all(torch.equal(buffers[0]._priorities.tree.tree, b._priorities.tree.tree) for b in buffers[1:])
+
+
+def test_the_numba_pair_copy_refuses_a_row_outside_the_storage():
+    from fastrl import sum_tree_kernels as kernels
+    storage = np.arange(5 * 3, dtype=np.float32)  # 5 rows of width 3, pairs of width 5: from rows 0..3
+    pairs = np.empty(2 * 5, dtype=np.float32)
+    kernels._copy_pairs(storage, 3, 5, np.array([3, 0]), pairs)
+    assert pairs.tolist() == list(range(9, 14)) + list(range(0, 5))
+    for row in (4, -1):
+        with pytest.raises(IndexError, match="outside the replay buffer"):
+            kernels._copy_pairs(storage, 3, 5, np.array([0, row]), pairs)
 
 
 def test_a_prioritized_buffer_round_trips_through_its_state_dict():
