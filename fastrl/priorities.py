@@ -65,7 +65,8 @@ class Priorities:
         flat = rows.reshape(-1).numpy()
         bases = np.empty(flat.shape[0], dtype=np.float64)
         self._kernels.weight_bases(self.tree._tree_np, flat, self.tree.first_leaf, count, bases)
-        return self._normalized(bases, beta, rows.shape)
+        torch.from_numpy(bases).pow_(-beta)
+        return self._normalize(bases, rows.shape)
 
     def sample_weighted(self, shape: tuple[int, ...], generator: torch.Generator, count: int,
                         beta: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,17 +76,15 @@ class Priorities:
             rows = self.sample(math.prod(shape), generator).view(shape)
             return rows, self.weights(rows, count, beta)
         rows, powered = self._draw_powered(math.prod(shape), generator, count, beta)
-        out = np.empty(rows.shape[0], dtype=np.float32)
-        self._kernels.normalize_weights(powered, shape[-1], out)
-        return torch.from_numpy(rows.reshape(shape)), torch.from_numpy(out.reshape(shape))
+        return torch.from_numpy(rows.reshape(shape)), self._normalize(powered, shape)
 
     def sample_pairs(self, shape: tuple[int, ...], generator: torch.Generator, count: int, beta: float | torch.Tensor,
                      storage: np.ndarray, row_width: int, pair_width: int
                      ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        """sample_weighted, and the drawn rows' pairs (the pair_width values from row r's first) of a
-        packed buffer's `storage` (flat, `row_width` values a row) as [prod(shape), pair_width]: the draw and
-        the weights as sample_weighted makes them, the gather in the same numba call as the weights'
-        normalization. Numba tree only."""
+        """sample_weighted, and the drawn rows' pairs (the pair_width values from row r's first) of
+        a packed buffer's `storage` (flat, `row_width` values a row) as [prod(shape), pair_width]:
+        the draw and the weights as sample_weighted makes them, the gather in the same numba call
+        as the weights' normalization. Numba tree only."""
         n = math.prod(shape)
         rows, powered = self._draw_powered(n, generator, count, beta)
         weights = np.empty(n, dtype=np.float32)
@@ -115,11 +114,10 @@ class Priorities:
             held = self._scratch_arrays[name] = (array, array.numpy())
         return held
 
-    def _normalized(self, bases: np.ndarray, beta: float | torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-        """importance_weights from its bases: the power in torch, the normalization in numba."""
-        torch.from_numpy(bases).pow_(-beta)
-        out = np.empty(bases.shape[0], dtype=np.float32)
-        self._kernels.normalize_weights(bases, shape[-1], out)
+    def _normalize(self, powered: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+        """importance_weights from its powered bases (flat): each mini-batch's over its largest."""
+        out = np.empty(powered.shape[0], dtype=np.float32)
+        self._kernels.normalize_weights(powered, shape[-1], out)
         return torch.from_numpy(out.reshape(shape))
 
     def update(self, rows: torch.Tensor, td_errors: torch.Tensor) -> None:

@@ -8,8 +8,8 @@ the sampled leaves are bit-identical across backends.
 
 The second half holds the loops of `fastrl.priorities` on a numba tree: each replaces a run of
 small torch ops (a few microseconds each on a CPU) with one call over preallocated arrays; the
-copy of the drawn rows out of a packed replay buffer rides along with the weights' normalization. The
-powers, (|td| + eps)^alpha and the weights' ^-beta, stay in torch: its vectorized pow is not
+copy of the drawn rows out of a packed replay buffer rides along with the weights' normalization.
+The powers, (|td| + eps)^alpha and the weights' ^-beta, stay in torch: its vectorized pow is not
 bit-identical to libm's, and the numba tree must hold and draw exactly what the torch tree does.
 Everything else performs the float operations of the torch expressions in `fastrl.priorities`, in
 the same order. One file for both halves: numba's on-disk cache notices edits to the file of a
