@@ -622,11 +622,11 @@ class ReplayBuffer:
             raise RuntimeError("sample() on a replay buffer with no complete transition")
         shape = (num_batches, batch_size) if stacked else (batch_size,)
         if self._pair_storage is not None:
-            rows, weights, pairs = self._priorities.sample_pairs(shape, self.generator, self._size, beta,
-                                                                 self._pair_storage, self._row_width, self._pair_width)
+            rows, weights, pairs = self._priorities.sample_pairs(shape, self.generator, beta, self._pair_storage,
+                                                                 self._row_width, self._pair_width)
             batch = self._split_pairs(torch.from_numpy(pairs), None, rows.shape)
         else:
-            rows, weights = self._priorities.sample_weighted(shape, self.generator, self._size, beta)
+            rows, weights = self._priorities.sample_weighted(shape, self.generator, beta)
             batch = self.gather(rows)
         batch.weights, batch.indices = weights, rows
         return batch

@@ -7,13 +7,16 @@ They perform, per sample and per leaf, exactly the float operations of the vecto
 the sampled leaves are bit-identical across backends.
 
 The second half holds the loops of `fastrl.priorities` on a numba tree: each replaces a run of
-small torch ops (a few microseconds each on a CPU) with one call over preallocated arrays; the
-copy of the drawn rows out of a packed replay buffer rides along with the weights' normalization.
-The powers, (|td| + eps)^alpha and the weights' ^-beta, stay in torch: its vectorized pow is not
-bit-identical to libm's, and the numba tree must hold and draw exactly what the torch tree does.
-Everything else performs the float operations of the torch expressions in `fastrl.priorities`, in
-the same order. One file for both halves: numba's on-disk cache notices edits to the file of a
-cached function only, not to the njit functions it calls from other files.
+small torch ops (a few microseconds each on a CPU) with one call over preallocated arrays: a draw,
+its importance weights and the copy of the drawn rows out of a packed replay buffer are one call,
+a priority update another. They perform the float operations of the torch expressions in
+`fastrl.priorities` in the same order, but for the powers, (|td| + eps)^alpha and the weights'
+^-beta: here they are libm's `pow`, in torch its own vectorized one, and the two can differ in the
+last bit. So a numba tree's priorities equal the torch tree's to within an ulp, not bit for bit
+(the CUDA tree's pow differs from both in the same way); given the same priorities, the trees and
+the draws are bit-identical. (A torch call on 256 values costs more than libm's pow of all of them
+in the loop that needs them.) One file for both halves: numba's on-disk cache notices edits to the
+file of a cached function only, not to the njit functions it calls from other files.
 
 Both walks go level by level over all samples (levels outside, samples inside) and without branches
 on the data: the lower levels of a tree of a million leaves miss the caches, and one sample's path
@@ -33,6 +36,33 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+# How many samples (or rows) ahead a loop asks for the cache line it will read: enough to keep
+# the memory system busy across a dependent chain of work per sample, few enough that the lines
+# arrive before they are evicted again.
+AHEAD = 16
+
+
+@intrinsic
+def _prefetch(typingctx, array, index):
+    """Hint the CPU to load the cache line of array[index] (llvm.prefetch: read, keep in all cache
+    levels). Never faults and never changes a result, whatever the index."""
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        view = context.make_array(array_type)(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, array_type, view, [args[1]], wraparound=False,
+                                           boundscheck=False)
+        byte_pointer, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        signature_ir = ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32])
+        hint = cgutils.get_or_insert_function(builder.module, signature_ir, "llvm.prefetch.p0")
+        builder.call(hint, [builder.bitcast(pointer, byte_pointer), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                            ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(array, index), codegen
 
 
 @numba.njit(cache=True)
@@ -54,7 +84,11 @@ def _descend(tree: np.ndarray, x: np.ndarray, offsets: np.ndarray, out: np.ndarr
     before = np.zeros(8, dtype=np.float64)  # [k] = the running sum before child k (0.0 for k = 0)
     for level in range(1, offsets.shape[0]):
         start = np.uint64(offsets[level])
+        for i in range(min(AHEAD, n)):
+            _prefetch(tree, start + node[i] * fanout)
         for i in range(n):
+            if i + AHEAD < n:
+                _prefetch(tree, start + node[i + AHEAD] * fanout)
             base = start + node[i] * fanout
             c0 = tree[base]
             c1 = tree[base + np.uint64(1)]
@@ -114,6 +148,14 @@ def _sum_children(tree: np.ndarray, base: np.uint64) -> float:
 
 
 @numba.njit(cache=True)
+def _check_leaves(leaves: np.ndarray, num_leaves: int) -> None:
+    """Raise unless every leaf id is in [0, num_leaves): the loops index without bounds checks."""
+    for i in range(leaves.shape[0]):
+        if leaves[i] < 0 or leaves[i] >= num_leaves:
+            raise IndexError("a leaf lies outside the sum tree")
+
+
+@numba.njit(cache=True)
 def update(tree: np.ndarray, leaves: np.ndarray, values: np.ndarray, offsets: np.ndarray,
            level_nodes: np.ndarray) -> None:
     """Set leaves[i] to values[i] (where a leaf repeats, its largest value wins), then re-sum
@@ -124,8 +166,14 @@ def update(tree: np.ndarray, leaves: np.ndarray, values: np.ndarray, offsets: np
     fanout = np.uint64(8)
     n = leaves.shape[0]
     node = np.empty(n, dtype=np.uint64)  # ids within their level
+    _check_leaves(leaves, level_nodes[depth])
     for i in range(n):
         node[i] = np.uint64(leaves[i])
+    for i in range(min(AHEAD, n)):
+        _prefetch(tree, first_leaf + node[i])
+    for i in range(n):
+        if i + AHEAD < n:
+            _prefetch(tree, first_leaf + node[i + AHEAD])
         tree[first_leaf + node[i]] = 0.0
     for i in range(n):
         if values[i] > tree[first_leaf + node[i]]:
@@ -139,7 +187,11 @@ def update(tree: np.ndarray, leaves: np.ndarray, values: np.ndarray, offsets: np
             for parent in range(np.uint64(level_nodes[level])):
                 tree[parent_start + parent] = _sum_children(tree, child_start + parent * fanout)
         else:
+            for i in range(min(AHEAD, n)):
+                _prefetch(tree, child_start + node[i] // fanout * fanout)
             for i in range(n):
+                if i + AHEAD < n:
+                    _prefetch(tree, child_start + node[i + AHEAD] // fanout * fanout)
                 parent = node[i] // fanout
                 tree[parent_start + parent] = _sum_children(tree, child_start + parent * fanout)
                 node[i] = parent
@@ -149,37 +201,46 @@ def update(tree: np.ndarray, leaves: np.ndarray, values: np.ndarray, offsets: np
 
 
 @numba.njit(cache=True)
-def weight_bases(tree: np.ndarray, rows: np.ndarray, first_leaf: int, count: int, out: np.ndarray) -> None:
-    """out[i] = count * p[rows[i]] / total, the base that `importance_weights` raises to -beta."""
-    scale = np.float64(count)
-    total = tree[0]
-    for i in range(rows.shape[0]):
-        out[i] = scale * tree[first_leaf + rows[i]] / total
-
-
-@numba.njit(cache=True)
-def draw_with_bases(tree: np.ndarray, u: np.ndarray, offsets: np.ndarray, count: int, rows: np.ndarray,
-                    bases: np.ndarray) -> None:
-    """rows = the tree's draws for the uniforms u, and their weight bases (see weight_bases)."""
-    draw(tree, u, offsets, rows)
-    weight_bases(tree, rows, offsets[-1], count, bases)
-
-
-@numba.njit(cache=True)
-def normalize_weights(w: np.ndarray, batch_size: int, out: np.ndarray) -> None:
-    """out[i] = float32(w[i] / the largest w of i's mini-batch), the mini-batches being the runs of
-    `batch_size` values of w (a NaN propagates to the maximum, as torch.amax does). Flat arrays:
-    each reshape a caller saves is a microsecond of the prioritized pair."""
+def _weights(tree: np.ndarray, rows: np.ndarray, first_leaf: int, batch_size: int, beta: float, out: np.ndarray
+             ) -> None:
+    """out[i] = float32((p[rows[i]] / the smallest p of i's mini-batch) ** -beta), the mini-batches
+    being the runs of `batch_size` rows: `importance_weights` (a NaN propagates to the minimum, as
+    torch.amin does)."""
     if batch_size == 0:
         return
-    for first in range(0, w.shape[0], batch_size):
-        largest = w[first]
+    leaf0 = np.uint64(first_leaf)
+    for first in range(0, rows.shape[0], batch_size):
+        smallest = tree[leaf0 + np.uint64(rows[first])]
         for i in range(first + 1, first + batch_size):
-            if w[i] > largest or w[i] != w[i]:
-                if largest == largest:
-                    largest = w[i]
+            p = tree[leaf0 + np.uint64(rows[i])]
+            if (p < smallest or p != p) and smallest == smallest:
+                smallest = p
         for i in range(first, first + batch_size):
-            out[i] = np.float32(w[i] / largest)
+            out[i] = np.float32((tree[leaf0 + np.uint64(rows[i])] / smallest) ** -beta)
+
+
+@numba.njit(cache=True)
+def leaf_weights(tree: np.ndarray, rows: np.ndarray, first_leaf: int, batch_size: int, beta: float,
+                 out: np.ndarray) -> None:
+    """_weights after a check that every row is a leaf of the tree (padding leaves included)."""
+    _check_leaves(rows, tree.shape[0] - first_leaf)
+    _weights(tree, rows, first_leaf, batch_size, beta, out)
+
+
+@numba.njit(cache=True)
+def draw_weighted(tree: np.ndarray, u: np.ndarray, offsets: np.ndarray, batch_size: int, beta: float,
+                  rows: np.ndarray, weights: np.ndarray) -> None:
+    """rows = the tree's draws for the uniforms u, and their importance weights (see _weights)."""
+    draw(tree, u, offsets, rows)
+    _weights(tree, rows, offsets[-1], batch_size, beta, weights)
+
+
+@numba.njit(cache=True)
+def _prefetch_span(flat: np.ndarray, first: np.uint64, span: np.uint64, line: np.uint64) -> None:
+    """_prefetch every cache line of flat[first : first + span] (span >= 1)."""
+    for j in range(np.uint64(0), span, line):
+        _prefetch(flat, first + j)
+    _prefetch(flat, first + span - np.uint64(1))
 
 
 @numba.njit(cache=True)
@@ -191,7 +252,13 @@ def _copy_pairs(flat: np.ndarray, row_width: int, pair_width: int, rows: np.ndar
     w = np.uint64(row_width)
     span = np.uint64(pair_width)
     end = np.uint64(flat.shape[0])
-    for i in range(rows.shape[0]):
+    line = np.uint64(max(1, 64 // flat.itemsize))  # values per cache line
+    n = rows.shape[0]
+    for i in range(min(AHEAD, n)):
+        _prefetch_span(flat, np.uint64(rows[i]) * w, span, line)
+    for i in range(n):
+        if i + AHEAD < n:
+            _prefetch_span(flat, np.uint64(rows[i + AHEAD]) * w, span, line)
         if rows[i] < 0 or np.uint64(rows[i]) * w + span > end:
             raise IndexError("a drawn row lies outside the replay buffer's storage")
         src = np.uint64(rows[i]) * w
@@ -201,29 +268,31 @@ def _copy_pairs(flat: np.ndarray, row_width: int, pair_width: int, rows: np.ndar
 
 
 @numba.njit(cache=True)
-def weights_and_pairs(w: np.ndarray, batch_size: int, weights: np.ndarray, flat: np.ndarray, row_width: int,
-                      pair_width: int, rows: np.ndarray, pairs: np.ndarray) -> None:
-    """normalize_weights(w, batch_size, weights), and the drawn rows' pairs copied out of the
-    buffer's storage (see _copy_pairs): one call where a separate index_select costs a torch op."""
-    normalize_weights(w, batch_size, weights)
+def draw_weighted_pairs(tree: np.ndarray, u: np.ndarray, offsets: np.ndarray, batch_size: int, beta: float,
+                        rows: np.ndarray, weights: np.ndarray, flat: np.ndarray, row_width: int, pair_width: int,
+                        pairs: np.ndarray) -> None:
+    """draw_weighted, and the drawn rows' pairs copied out of the buffer's storage (see
+    _copy_pairs): the whole prioritized sample but the uniforms, in one call."""
+    draw_weighted(tree, u, offsets, batch_size, beta, rows, weights)
     _copy_pairs(flat, row_width, pair_width, rows, pairs)
 
 
 @numba.njit(cache=True)
-def td_bases(td: np.ndarray, eps: float, out: np.ndarray) -> None:
-    """out[i] = |td[i]| + eps in float64, the base raised to alpha."""
-    for i in range(td.shape[0]):
-        out[i] = abs(np.float64(td[i])) + eps
-
-
-@numba.njit(cache=True)
-def set_priorities(tree: np.ndarray, leaves: np.ndarray, new: np.ndarray, offsets: np.ndarray,
-                   level_nodes: np.ndarray, max_priority: np.ndarray) -> None:
-    """Priorities.update after the power: a row whose priority is 0 (dropped since it was drawn)
-    stays at 0, the running maximum takes in the new priorities, and the tree takes them."""
+def set_priorities(tree: np.ndarray, leaves: np.ndarray, td: np.ndarray, eps: float, alpha: float,
+                   new: np.ndarray, offsets: np.ndarray, level_nodes: np.ndarray, max_priority: np.ndarray) -> None:
+    """Priorities.update: new = (|td| + eps) ** alpha in float64 (scratch), except that a row whose
+    priority is 0 (dropped since it was drawn) stays at 0; the running maximum takes in the new
+    priorities, and the tree takes them."""
+    _check_leaves(leaves, level_nodes[-1])
     first_leaf = offsets[-1]
     largest = max_priority[0]
-    for i in range(leaves.shape[0]):
+    n = leaves.shape[0]
+    for i in range(min(AHEAD, n)):
+        _prefetch(tree, first_leaf + leaves[i])
+    for i in range(n):
+        if i + AHEAD < n:
+            _prefetch(tree, first_leaf + leaves[i + AHEAD])
+        new[i] = (abs(np.float64(td[i])) + eps) ** alpha
         if not tree[first_leaf + leaves[i]] > 0.0:
             new[i] = 0.0
         if (new[i] > largest or new[i] != new[i]) and largest == largest:

@@ -4,6 +4,8 @@
     python scripts/buffer_micro.py --per      # only the prioritized pair, for each sum-tree backend
     /tmp/cpprb-venv/bin/python scripts/buffer_micro.py --cpprb   # the same pair in cpprb (numpy only)
     python scripts/buffer_micro.py --per --per-call               # medians over single calls (a busy machine)
+    python scripts/buffer_micro.py --per --per-call --trees numba # the CPU default's pair only
+    /tmp/peers-venv/bin/python scripts/buffer_micro.py --versus-cpprb   # numba and cpprb, blocks alternated
 
 sample(256) from a full 1e6 buffer (obs 17, act 6, HalfCheetah-shaped rows) as one call (stacked, and
 as the trainer's list of batches) and as one draw of 16 batches, and add of 8 envs one vector step
@@ -14,7 +16,9 @@ prioritized buffer of the same rows, for the numba sum tree (the CPU default), t
 CPU (the code CUDA runs) and the same vectorized tree in numpy (what numba buys). `--cpprb` times
 cpprb's PrioritizedReplayBuffer (a C++ segment tree) on the same pair; it imports neither torch nor
 fastrl, so it runs in a venv of its own: `python3 -m venv /tmp/cpprb-venv && /tmp/cpprb-venv/bin/pip
-install cpprb`.
+install cpprb`. `--versus-cpprb` builds both in one process (a venv with torch 2.13.0, fastrl and
+cpprb) and alternates blocks of their calls, so that both see the same machine: on a VM whose
+speed drifts within seconds, separate runs can differ by more than the two sides do.
 """
 
 from __future__ import annotations
@@ -98,11 +102,15 @@ def prioritized_pair(backend: str, capacity: int = CAPACITY) -> Callable[[], obj
     return pair
 
 
-def prioritized_timings(capacity: int = CAPACITY, calls: int = 2000, per_call: bool = False) -> None:
+TREES = ("numba", "torch", "numpy")
+
+
+def prioritized_timings(capacity: int = CAPACITY, calls: int = 2000, per_call: bool = False,
+                        trees: tuple[str, ...] = TREES) -> None:
     import torch
 
     print(f"prioritized buffer of {capacity} rows, torch {torch.__version__}, 1 thread")
-    for backend in ("numba", "torch", "numpy"):
+    for backend in trees:
         pair = prioritized_pair(backend, capacity)
         print(f"sample(1, 256) + update_priorities(256), {backend:>5} tree: "
               f"{median_us(pair, calls, per_call=per_call):8.1f} us")
@@ -137,13 +145,57 @@ def cpprb_timings(capacity: int = CAPACITY, calls: int = 2000, per_call: bool = 
           f"{median_us(cpprb_pair(capacity), calls, per_call=per_call):8.1f} us")
 
 
+def versus_cpprb(capacity: int = CAPACITY, calls: int = 2000, block: int = 100) -> None:
+    """fastrl's numba pair and cpprb's in one process, in alternating blocks of `block` calls (the
+    order swapped every block), each call timed alone; the first fifth of every block is a warm-up
+    and does not count, so that neither side is timed in the caches the other just left. Prints
+    each side's median and, per pair of blocks, cpprb's median over fastrl's."""
+    import statistics
+
+    import torch
+    from importlib.metadata import version
+
+    pairs = {"fastrl numba": prioritized_pair("numba", capacity), "cpprb": cpprb_pair(capacity)}
+    block = max(1, min(block, calls))
+    warm = block // 5
+    times: dict[str, list[float]] = {name: [] for name in pairs}
+    ratios = []
+    order = list(pairs.items())
+    for k in range(max(1, calls // block)):
+        medians = {}
+        for name, pair in (order if k % 2 else order[::-1]):
+            mine = []
+            for i in range(block):
+                t0 = time.perf_counter()
+                pair()
+                if i >= warm:
+                    mine.append((time.perf_counter() - t0) * 1e6)
+            times[name] += mine
+            medians[name] = statistics.median(mine)
+        ratios.append(medians["cpprb"] / medians["fastrl numba"])
+    ratios.sort()
+    print(f"prioritized pair, {capacity} rows, blocks of {block} calls alternated: torch {torch.__version__}, "
+          f"cpprb {version('cpprb')}")
+    for name, values in times.items():
+        print(f"sample(256) + update_priorities(256), {name}: {statistics.median(values):8.1f} us "
+              f"(median of {len(values)})")
+    print(f"cpprb / fastrl per pair of blocks: median {statistics.median(ratios):.2f}x, "
+          f"range {ratios[0]:.2f}-{ratios[-1]:.2f}x over {len(ratios)} pairs")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--per", action="store_true", help="only the prioritized pair, every fastrl sum tree")
     which.add_argument("--cpprb", action="store_true", help="only the prioritized pair in cpprb (no torch needed)")
+    which.add_argument("--versus-cpprb", action="store_true",
+                       help="fastrl's numba pair and cpprb's in one process, calls alternated (needs both installed)")
     parser.add_argument("--capacity", type=int, default=CAPACITY, help="rows of the prioritized buffers")
     parser.add_argument("--calls", type=int, default=2000, help="timed calls per repetition of the pair")
+    parser.add_argument("--trees", nargs="+", choices=TREES, default=list(TREES),
+                        help="the sum trees whose prioritized pair is timed (default: all)")
+    parser.add_argument("--block", type=int, default=100,
+                        help="--versus-cpprb: calls per block (1: the two sides alternate call by call)")
     parser.add_argument("--per-call", action="store_true",
                         help="the prioritized pair's median over single calls, not over means of --calls calls")
     args = parser.parse_args(argv)
@@ -153,9 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
+    if args.versus_cpprb:
+        versus_cpprb(args.capacity, args.calls, args.block)
+        return 0
     if not args.per:
         uniform_timings()
-    prioritized_timings(args.capacity, args.calls, args.per_call)
+    prioritized_timings(args.capacity, args.calls, args.per_call, tuple(args.trees))
     return 0
 
 

@@ -74,12 +74,24 @@ def test_buffer_micro_times_the_prioritized_pair_for_every_sum_tree(timing):
     out = run_script("scripts/buffer_micro.py", "--per", "--capacity", "20000", "--calls", "5", *timing)
     backends = re.findall(r"^sample\(1, 256\) \+ update_priorities\(256\), +(\w+) tree: +[\d.]+ us$", out, re.M)
     assert backends == ["numba", "torch", "numpy"], out
+    out = run_script("scripts/buffer_micro.py", "--per", "--capacity", "20000", "--calls", "5", "--trees", "numba")
+    assert re.findall(r"^sample\(1, 256\) \+ update_priorities\(256\), +(\w+) tree:", out, re.M) == ["numba"], out
 
 
 def test_buffer_micro_times_cpprb_on_the_same_pair():
     pytest.importorskip("cpprb", reason="cpprb lives in a venv of its own (see scripts/buffer_micro.py)")
     out = run_script("scripts/buffer_micro.py", "--cpprb", "--capacity", "20000", "--calls", "5")
     assert re.search(r"^sample\(256\) \+ update_priorities\(256\), cpprb: +[\d.]+ us$", out, re.M), out
+
+
+def test_buffer_micro_alternates_fastrl_and_cpprb_in_one_process():
+    pytest.importorskip("cpprb", reason="cpprb lives in a venv of its own (see scripts/buffer_micro.py)")
+    out = run_script("scripts/buffer_micro.py", "--versus-cpprb", "--capacity", "20000", "--calls", "40",
+                     "--block", "10")
+    sides = re.findall(r"^sample\(256\) \+ update_priorities\(256\), (fastrl numba|cpprb): +[\d.]+ us", out, re.M)
+    assert sides == ["fastrl numba", "cpprb"], out
+    assert re.search(r"^cpprb / fastrl per pair of blocks: median [\d.]+x, range [\d.]+-[\d.]+x over 4 pairs$",
+                     out, re.M), out
 
 
 def test_compare_peers_cores_pins_the_process_and_refuses_an_impossible_count():
