@@ -10,7 +10,7 @@ largest w of the mini-batch, so that they only ever scale an update down. The ba
 buffer max (baselines' choice, which needs a second, min tree): it costs nothing, and the weights
 of a batch do not collapse towards 0 because one row somewhere in the buffer has a tiny priority.
 The largest w is the smallest p's, so w_i / max w = (p_i / p_min)^-beta: N and the total cancel,
-and the ratio >= 1 cannot underflow whatever the scale of the priorities.
+and the batch's smallest priority gets a weight of exactly 1.
 
 Everything stays on the tree's device: the maximum priority is a device scalar, a priority
 update and a draw never read a value back to the host. On the numba tree the same arithmetic runs
