@@ -51,17 +51,22 @@ WORKLOADS = {  # peer settings: batch 256, 256-256 (TD3/DDPG/SAC); CleanRL's DQN
 }
 
 
-def gemm_rate(sizes: tuple[int, ...] = (256, 512, 1024), repeats: int = 20, dtype: torch.dtype = torch.float32) -> float:
-    """Best matmul FLOP/s over a few square sizes."""
+def gemm_rate(sizes: tuple[int, ...] = (256, 512, 1024), repeats: int = 20, dtype: torch.dtype = torch.float32,
+              budget_s: float = 1.0) -> float:
+    """Best matmul FLOP/s over a few square sizes: `repeats` products a size, or as many as fit in
+    `budget_s` (at least one) where they are slow, as bf16 is on a CPU that emulates it."""
     best = 0.0
     for n in sizes:
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        for _ in range(3):
+        t0 = time.perf_counter()
+        a @ b
+        count = max(1, min(repeats, int(budget_s / (time.perf_counter() - t0))))
+        for _ in range(min(2, count - 1)):
             a @ b
         t0 = time.perf_counter()
-        for _ in range(repeats):
+        for _ in range(count):
             a @ b
-        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - t0))
+        best = max(best, 2 * n**3 * count / (time.perf_counter() - t0))
     return best
 
 
