@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--per", action="store_true", help="only the prioritized pair, every fastrl sum tree")
     which.add_argument("--cpprb", action="store_true", help="only the prioritized pair in cpprb (no torch needed)")
     which.add_argument("--versus-cpprb", action="store_true",
-                       help="fastrl's numba pair and cpprb's in one process, calls alternated (needs both installed)")
+                       help="fastrl's numba pair and cpprb's in one process, blocks of calls alternated "
+                            "(needs both installed)")
     parser.add_argument("--capacity", type=int, default=CAPACITY, help="rows of the prioritized buffers")
     parser.add_argument("--calls", type=int, default=2000, help="timed calls per repetition of the pair")
     parser.add_argument("--trees", nargs="+", choices=TREES, default=list(TREES),
