@@ -161,12 +161,19 @@ def update(tree: np.ndarray, leaves: np.ndarray, values: np.ndarray, offsets: np
     """Set leaves[i] to values[i] (where a leaf repeats, its largest value wins), then re-sum
     every ancestor of a changed leaf from its children, one level at a time (a parent reached
     twice gets the same sum twice)."""
+    _check_leaves(leaves, level_nodes[-1])
+    _update_checked(tree, leaves, values, offsets, level_nodes)
+
+
+@numba.njit(cache=True)
+def _update_checked(tree: np.ndarray, leaves: np.ndarray, values: np.ndarray, offsets: np.ndarray,
+                    level_nodes: np.ndarray) -> None:
+    """update, for leaves already checked."""
     depth = offsets.shape[0] - 1
     first_leaf = np.uint64(offsets[depth])
     fanout = np.uint64(8)
     n = leaves.shape[0]
     node = np.empty(n, dtype=np.uint64)  # ids within their level
-    _check_leaves(leaves, level_nodes[depth])
     for i in range(n):
         node[i] = np.uint64(leaves[i])
     for i in range(min(AHEAD, n)):
@@ -298,4 +305,4 @@ def set_priorities(tree: np.ndarray, leaves: np.ndarray, td: np.ndarray, eps: fl
         if (new[i] > largest or new[i] != new[i]) and largest == largest:
             largest = new[i]
     max_priority[0] = largest
-    update(tree, leaves, new, offsets, level_nodes)
+    _update_checked(tree, leaves, new, offsets, level_nodes)
